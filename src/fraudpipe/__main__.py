@@ -1,0 +1,3 @@
+from fraudpipe.cli import main
+
+main()

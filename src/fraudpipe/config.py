@@ -1,0 +1,291 @@
+"""The one configuration model.
+
+Sources, lowest first: defaults, a YAML file (``--config``), ``FRAUDPIPE_*`` environment
+variables (nested with ``__``, e.g. ``FRAUDPIPE_QUEUE__LEASE_S=20``), then CLI flags.
+Invalid input raises :class:`ConfigError`, whose message names the field, the value and what
+was expected; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+STAGES = ("gather", "preprocess", "train", "infer")
+Stage = Literal["gather", "preprocess", "train", "infer"]
+Device = Literal["cpu", "gpu"]
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message is meant for the operator."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class QueueSettings(_Section):
+    lease_s: float = Field(30.0, gt=0, description="Seconds a claim stays valid without renewal.")
+    max_attempts: int = Field(
+        3, ge=1, description="Failed attempts before a batch moves to dead letters."
+    )
+    max_backlog: int = Field(
+        64, ge=1, description="Pending batches in an output topic above which producers wait."
+    )
+    retention_s: float = Field(
+        600.0, ge=0, description="Seconds acknowledged batches are kept in done/ before deletion."
+    )
+    results_hold_s: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds a scored batch stays in queue/inference-results before it moves "
+        "to results/ (its durable, date-partitioned home).",
+    )
+    results_retention_days: int = Field(
+        30, ge=1, description="Date partitions of results/ older than this are deleted."
+    )
+    poll_min_s: float = Field(0.01, gt=0, description="Shortest idle poll interval.")
+    poll_max_s: float = Field(0.5, gt=0, description="Longest idle poll interval (backoff cap).")
+    watch: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="inotify wake-up via watchdog: auto = on for local filesystems, off on NFS.",
+    )
+    fsync: bool = Field(True, description="fsync files and directories on publish.")
+
+    @model_validator(mode="after")
+    def _poll_order(self) -> QueueSettings:
+        if self.poll_min_s > self.poll_max_s:
+            raise ValueError(
+                f"poll_min_s ({self.poll_min_s}) must not exceed poll_max_s ({self.poll_max_s})"
+            )
+        return self
+
+
+class SimulatorSettings(_Section):
+    seed: int = Field(42, description="Seed: the same seed gives the same transactions.")
+    n_customers: int = Field(5000, ge=1)
+    n_terminals: int = Field(10000, ge=1)
+    radius: float = Field(5.0, gt=0, description="A customer uses terminals within this radius.")
+    start_date: dt.date = Field(dt.date(2018, 4, 1), description="First simulated day (UTC).")
+    large_amount_threshold: float = Field(
+        220.0, gt=0, description="Scenario 1: amounts above this are fraud."
+    )
+    compromised_terminals_per_day: int = Field(2, ge=0, description="Scenario 2.")
+    terminal_compromise_days: int = Field(28, ge=1, description="Scenario 2.")
+    compromised_customers_per_day: int = Field(3, ge=0, description="Scenario 3.")
+    customer_compromise_days: int = Field(14, ge=1, description="Scenario 3.")
+    compromised_customer_fraction: float = Field(
+        1 / 3, ge=0, le=1, description="Scenario 3: share of a compromised card's transactions."
+    )
+    compromised_amount_factor: float = Field(5.0, gt=0, description="Scenario 3: amount x this.")
+
+
+class ReplaySettings(_Section):
+    path: Path | None = Field(None, description="Parquet or CSV file to stream instead.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map of our column name -> the file's column name "
+        "(transaction_id, ts, customer_id, terminal_id, amount, is_fraud).",
+    )
+
+
+class GatherSettings(_Section):
+    source: Literal["simulator", "replay"] = "simulator"
+    rate: float = Field(10000.0, gt=0, description="Transactions per wall-clock second.")
+    batch_interval_s: float = Field(0.5, gt=0, description="A batch is published this often.")
+    max_batch_rows: int = Field(50000, ge=1, description="Upper bound on rows per batch.")
+    label_delay_days: float = Field(
+        7.0, ge=0, description="Simulated days between a transaction and its fraud label."
+    )
+    days: int | None = Field(
+        None, ge=1, description="Stop after this many simulated days (None: run forever)."
+    )
+    log_retention_days: int = Field(
+        60, ge=1, description="Simulated days of transaction/label log kept under state/log."
+    )
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)  # type: ignore[arg-type]
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _replay_needs_path(self) -> GatherSettings:
+        if self.source == "replay" and self.replay.path is None:
+            raise ValueError("source is 'replay' but replay.path is not set")
+        return self
+
+
+class FeatureSettings(_Section):
+    windows_days: list[int] = Field(
+        default_factory=lambda: [1, 7, 30], min_length=1, description="Rolling windows (days)."
+    )
+    terminal_delay_days: int = Field(
+        7, ge=0, description="Terminal risk windows end this many days back (label delay)."
+    )
+    store_retention_days: int = Field(
+        60, ge=1, description="Simulated days of computed features kept for training."
+    )
+
+
+class TrainSettings(_Section):
+    interval_s: float = Field(60.0, gt=0, description="Seconds between scheduled trainings.")
+    min_labeled_rows: int = Field(20000, ge=100, description="Needed before the first model.")
+    min_frauds: int = Field(50, ge=1, description="Fraud labels needed in the training window.")
+    train_days: int = Field(14, ge=1, description="Simulated days of labeled data to train on.")
+    holdout_days: int = Field(3, ge=1, description="Most recent labeled days held out.")
+    num_boost_round: int = Field(200, ge=1)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2)
+    min_data_in_leaf: int = Field(50, ge=1)
+    threads: int = Field(0, ge=0, description="LightGBM threads (0: all cores).")
+    min_improvement: float = Field(
+        0.0, ge=0, description="Average-precision gain a challenger needs to be promoted."
+    )
+
+
+class InferSettings(_Section):
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Alert when score >= threshold (None: the threshold chosen on the model's "
+        "holdout and stored in its manifest).",
+    )
+    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per worker.")
+
+
+class MetricsSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(9108, ge=0, le=65535, description="/metrics and /healthz (0: any free).")
+
+
+class LogSettings(_Section):
+    format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: text on a terminal, JSON otherwise."
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "fraudpipe_config_file", default=None
+)
+
+
+class Settings(BaseSettings):
+    """Everything a fraudpipe process can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUDPIPE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    data_dir: Path = Field(Path("fraudpipe-data"), description="Root of the shared volume.")
+    queue: QueueSettings = Field(default_factory=QueueSettings)  # type: ignore[arg-type]
+    gather: GatherSettings = Field(default_factory=GatherSettings)  # type: ignore[arg-type]
+    features: FeatureSettings = Field(default_factory=FeatureSettings)  # type: ignore[arg-type]
+    train: TrainSettings = Field(default_factory=TrainSettings)  # type: ignore[arg-type]
+    infer: InferSettings = Field(default_factory=InferSettings)  # type: ignore[arg-type]
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+    log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _CONFIG_FILE.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def _explain(err: ValidationError, config_file: Path | None) -> str:
+    lines = ["invalid configuration:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = "(missing)" if e["type"] == "missing" else repr(value)
+        if isinstance(value, dict) and e["type"] not in ("extra_forbidden",):
+            shown = "(section)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; `fraudpipe config` lists every field)"
+        env = "FRAUDPIPE_" + "__".join(str(p).upper() for p in e["loc"])
+        lines.append(f"  {field} = {shown}: {msg}  [env {env}]")
+    if config_file is not None:
+        lines.append(f"  (config file: {config_file})")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """Turn {"queue.lease_s": 3} into {"queue": {"lease_s": 3}}; None values are dropped."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        if value is None:
+            continue
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build the settings from every source; raise ConfigError on any invalid value."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"invalid configuration: --config {config_file}: no such file")
+        try:
+            loaded = yaml.safe_load(config_file.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid configuration: {config_file} is not YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(
+                f"invalid configuration: {config_file} must hold a mapping of fields, "
+                f"got {type(loaded).__name__}"
+            )
+    token = _CONFIG_FILE.set(config_file)
+    try:
+        return Settings(**nest(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, config_file)) from None
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
+    """A copy of settings with dotted overrides applied and validated."""
+    merged = _deep_merge(settings.model_dump(mode="python"), nest(overrides))
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, None)) from None

@@ -1,0 +1,79 @@
+"""Atomic, durable file writes: write elsewhere, fsync, close, rename in (DESIGN.md section 4).
+
+Readers never see a partial file, on a local disk or on NFS (rename is atomic on the server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; the rename still stands
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(final: Path, tmp_dir: Path | None) -> Path:
+    where = tmp_dir if tmp_dir is not None else final.parent
+    return where / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def write_bytes(
+    final: Path, data: bytes, *, tmp_dir: Path | None = None, fsync: bool = True
+) -> Path:
+    """Write data to final atomically (replacing any previous file of that name)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final, tmp_dir)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(final.parent)
+    return final
+
+
+def write_parquet(
+    final: Path, df: pl.DataFrame, *, tmp_dir: Path | None = None, fsync: bool = True
+) -> Path:
+    """Write df as Parquet to final atomically (replacing any previous file of that name)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final, tmp_dir)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(tmp, "wb") as fh:
+            df.write_parquet(fh, compression="lz4", statistics=False)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(final.parent)
+    return final
+
+
+def write_json(final: Path, obj: Any, *, fsync: bool = True) -> Path:
+    return write_bytes(
+        final, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), fsync=fsync
+    )
