@@ -1,0 +1,409 @@
+"""The durable file queue (DESIGN.md section 4).
+
+One message is one Parquet file. A topic is a folder on the shared volume::
+
+    queue/<topic>/pending/<id>~<attempt>.parquet             published, waiting
+    queue/<topic>/claimed/<id>~<attempt>~<consumer>.parquet  held under a lease
+    queue/<topic>/done/<id>.parquet                          acknowledged, kept for retention_s
+    queue/<topic>/dead/<id>~<attempt>.parquet + <id>.reason.json   dead letters
+    queue/<topic>/tmp/                                       writes in progress
+
+Every state change is one ``rename`` inside the topic folder, which is atomic on a local disk and
+on NFS, and exclusive: of two processes renaming the same file, exactly one succeeds. That is the
+whole locking story; there are no lock files and no shared counters.
+
+* Names: ``<id>`` is ``<13-digit ms time>-<producer>-<sequence>``: time-ordered, unique by
+  construction. A stage's output batch keeps its input's id, so re-processing after a crash
+  finds the name taken instead of adding a second copy.
+* Publish: write under tmp/, fsync, rename into pending/. An id already in the topic (pending,
+  claimed, done or dead) is not published again.
+* Claim: touch, then rename pending -> claimed (the winner holds the lease). The lease is the
+  claimed file's change time: a heartbeat renews it with ``utime``; a reaper moves claims whose
+  lease expired back to pending with attempt + 1, or to dead/ after ``max_attempts``.
+* Ack: rename claimed -> done (after the output was durably published). If the rename finds the
+  file gone, the lease was lost to the reaper; the output was idempotent, so nothing duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from fraudpipe import durable
+from fraudpipe.config import QueueSettings
+
+SUFFIX = ".parquet"
+REASON_SUFFIX = ".reason.json"
+_STATES = ("pending", "claimed", "done", "dead", "tmp")
+
+
+class Unreadable(Exception):
+    """A message file that cannot be read as Parquet (corrupt, truncated, not Parquet)."""
+
+
+def producer_id(role: str) -> str:
+    """A process-unique producer/consumer name: role, host, pid and a random tag."""
+    host = socket.gethostname().split(".")[0].replace("-", "").replace("~", "")[:20] or "host"
+    return f"{role}.{host}.{os.getpid()}.{secrets.token_hex(2)}"
+
+
+def make_id(time_ms: int, producer: str, seq: int) -> str:
+    if "~" in producer or "/" in producer:
+        raise ValueError(f"producer name may not contain '~' or '/': {producer!r}")
+    return f"{time_ms:013d}-{producer}-{seq:08d}"
+
+
+def id_time_ms(msg_id: str) -> int:
+    """The time component of a message id (milliseconds since the epoch)."""
+    return int(msg_id.split("-", 1)[0])
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    id: str
+    attempt: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class Claim(Message):
+    consumer: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    topic: str
+    id: str
+    attempt: int
+    path: Path | None
+    reason: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TopicStats:
+    topic: str
+    pending: int
+    claimed: int
+    expired: int
+    done: int
+    dead: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "pending": self.pending,
+            "claimed": self.claimed,
+            "expired": self.expired,
+            "done": self.done,
+            "dead": self.dead,
+        }
+
+
+def _parse(name: str) -> tuple[str, int, str | None] | None:
+    """'<id>~<attempt>[~<consumer>].parquet' -> (id, attempt, consumer); None if not ours."""
+    if not name.endswith(SUFFIX) or name.startswith("."):
+        return None
+    parts = name[: -len(SUFFIX)].split("~")
+    if len(parts) not in (2, 3):
+        return None
+    try:
+        attempt = int(parts[1])
+    except ValueError:
+        return None
+    return parts[0], attempt, parts[2] if len(parts) == 3 else None
+
+
+def _scan(folder: Path) -> Iterator[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            yield from it
+    except FileNotFoundError:
+        return
+
+
+class Topic:
+    """One topic folder and the operations of the protocol on it."""
+
+    def __init__(self, queue_root: Path, name: str, settings: QueueSettings) -> None:
+        self.name = name
+        self.root = queue_root / name
+        self.settings = settings
+        for state in _STATES:
+            (self.root / state).mkdir(parents=True, exist_ok=True)
+        self._backlog_cache: tuple[float, int] = (0.0, 0)
+
+    def dir(self, state: str) -> Path:
+        return self.root / state
+
+    # -- producing ---------------------------------------------------------------------------
+
+    def known(self, msg_id: str) -> bool:
+        """True if the id is pending, claimed, acknowledged or dead in this topic."""
+        if (self.dir("done") / f"{msg_id}{SUFFIX}").exists():
+            return True
+        prefix = f"{msg_id}~"
+        return any(
+            e.name.startswith(prefix)
+            for state in ("pending", "claimed", "dead")
+            for e in _scan(self.dir(state))
+        )
+
+    def publish(self, msg_id: str, df: pl.DataFrame) -> Path | None:
+        """Durably publish df as message msg_id; None if that id is already in the topic (a
+        producer re-emitting after a crash), so a batch is never live twice."""
+        if self.known(msg_id):
+            return None
+        final = self.dir("pending") / f"{msg_id}~0{SUFFIX}"
+        return durable.write_parquet(final, df, tmp_dir=self.dir("tmp"), fsync=self.settings.fsync)
+
+    def backlog(self, max_age_s: float = 0.5) -> int:
+        """Pending messages, cached for max_age_s (producers ask often)."""
+        at, count = self._backlog_cache
+        now = time.monotonic()
+        if now - at > max_age_s:
+            count = sum(1 for e in _scan(self.dir("pending")) if _parse(e.name))
+            self._backlog_cache = (now, count)
+        return count
+
+    def over_backlog(self) -> bool:
+        return self.backlog() >= self.settings.max_backlog
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    def pending(self) -> list[Message]:
+        out = []
+        for entry in _scan(self.dir("pending")):
+            parsed = _parse(entry.name)
+            if parsed:
+                out.append(Message(self.name, parsed[0], parsed[1], Path(entry.path)))
+        out.sort(key=lambda m: m.id)
+        return out
+
+    def claim(self, consumer: str) -> Claim | None:
+        """Claim the oldest pending message (exclusive); None when nothing is pending."""
+        candidates = self.pending()
+        if not candidates:
+            return None
+        # Oldest first. Having lost a race, jump to a random file of the next few, so that
+        # many consumers do not all chase the same next file.
+        order = list(candidates)
+        i = 0
+        while i < len(order):
+            msg = order[i]
+            target = self.dir("claimed") / f"{msg.id}~{msg.attempt}~{consumer}{SUFFIX}"
+            try:
+                os.utime(msg.path)  # the lease starts now (rename keeps the mtime)
+                os.rename(msg.path, target)
+            except FileNotFoundError:
+                rest = order[i + 1 : i + 9]
+                random.shuffle(rest)
+                order[i + 1 : i + 9] = rest
+                i += 1
+                continue  # another consumer won it
+            return Claim(self.name, msg.id, msg.attempt, target, consumer)
+        return None
+
+    def read(self, msg: Message) -> pl.DataFrame:
+        try:
+            return pl.read_parquet(msg.path)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # polars/arrow raise many types for a bad file
+            raise Unreadable(f"cannot read {msg.path.name} as Parquet: {exc}") from exc
+
+    def renew(self, claim: Claim) -> bool:
+        """Extend the lease; False if the claim is gone (reaped: the lease was lost)."""
+        try:
+            os.utime(claim.path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def ack(self, claim: Claim) -> bool:
+        """Acknowledge a processed claim; False if the lease had been lost meanwhile."""
+        try:
+            os.rename(claim.path, self.dir("done") / f"{claim.id}{SUFFIX}")
+        except FileNotFoundError:
+            return False
+        return True
+
+    def release(self, claim: Claim, reason: str, *, detail: str = "") -> str:
+        """Give a claim back after a failure: retry later, or dead-letter when out of attempts.
+
+        Returns "retry", "dead" or "lost" (the lease was lost meanwhile).
+        """
+        attempt = claim.attempt + 1
+        if attempt >= self.settings.max_attempts:
+            ok = self.dead_letter(
+                claim, f"failed {attempt} time(s); last error: {reason}", detail=detail
+            )
+            return "dead" if ok else "lost"
+        try:
+            os.rename(claim.path, self.dir("pending") / f"{claim.id}~{attempt}{SUFFIX}")
+        except FileNotFoundError:
+            return "lost"
+        return "retry"
+
+    def dead_letter(self, msg: Message, reason: str, *, detail: str = "") -> bool:
+        """Move a message to dead/ with a reason file (written first, so a dead batch always
+        has its reason). False if the message was gone."""
+        info = {
+            "topic": self.name,
+            "id": msg.id,
+            "attempts": msg.attempt + 1,
+            "reason": reason,
+            "detail": detail,
+            "consumer": getattr(msg, "consumer", None),
+            "at": time.time(),
+        }
+        durable.write_json(
+            self.dir("dead") / f"{msg.id}{REASON_SUFFIX}", info, fsync=self.settings.fsync
+        )
+        try:
+            os.rename(msg.path, self.dir("dead") / f"{msg.id}~{msg.attempt}{SUFFIX}")
+        except FileNotFoundError:
+            (self.dir("dead") / f"{msg.id}{REASON_SUFFIX}").unlink(missing_ok=True)
+            return False
+        return True
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def claims(self) -> list[Claim]:
+        out = []
+        for entry in _scan(self.dir("claimed")):
+            parsed = _parse(entry.name)
+            if parsed and parsed[2]:
+                out.append(Claim(self.name, parsed[0], parsed[1], Path(entry.path), parsed[2]))
+        return out
+
+    @staticmethod
+    def _touched(path: Path) -> float | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return max(st.st_mtime, st.st_ctime)
+
+    def reap(self, now: float | None = None) -> int:
+        """Return claims whose lease expired to pending (or dead/); how many were moved."""
+        now = time.time() if now is None else now
+        moved = 0
+        for claim in self.claims():
+            touched = self._touched(claim.path)
+            if touched is None or now - touched <= self.settings.lease_s:
+                continue
+            outcome = self.release(claim, f"lease expired (consumer {claim.consumer} vanished)")
+            moved += outcome != "lost"
+        return moved
+
+    def expire_done(self, now: float | None = None) -> int:
+        """Delete acknowledged batches older than retention_s."""
+        now = time.time() if now is None else now
+        removed = 0
+        for entry in _scan(self.dir("done")):
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat().st_mtime > self.settings.retention_s:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    def clean_tmp(self, max_age_s: float = 600.0, now: float | None = None) -> int:
+        """Delete abandoned partial writes (a writer crashed mid-publish)."""
+        now = time.time() if now is None else now
+        removed = 0
+        for entry in _scan(self.dir("tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat().st_mtime > max_age_s:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    def stats(self, now: float | None = None) -> TopicStats:
+        now = time.time() if now is None else now
+        claims = self.claims()
+        expired = 0
+        for c in claims:
+            touched = self._touched(c.path)
+            expired += touched is not None and now - touched > self.settings.lease_s
+        return TopicStats(
+            topic=self.name,
+            pending=len(self.pending()),
+            claimed=len(claims),
+            expired=expired,
+            done=sum(1 for e in _scan(self.dir("done")) if e.name.endswith(SUFFIX)),
+            dead=sum(1 for e in _scan(self.dir("dead")) if _parse(e.name)),
+        )
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    def dead_letters(self) -> list[DeadLetter]:
+        found: dict[str, DeadLetter] = {}
+        reasons: dict[str, dict[str, Any]] = {}
+        for entry in _scan(self.dir("dead")):
+            if entry.name.endswith(REASON_SUFFIX):
+                try:
+                    reasons[entry.name[: -len(REASON_SUFFIX)]] = json.loads(
+                        Path(entry.path).read_text()
+                    )
+                except (OSError, ValueError):
+                    continue
+        for entry in _scan(self.dir("dead")):
+            parsed = _parse(entry.name)
+            if parsed:
+                msg_id, attempt, _ = parsed
+                reason = reasons.get(msg_id, {"reason": "(no reason file)"})
+                found[msg_id] = DeadLetter(self.name, msg_id, attempt, Path(entry.path), reason)
+        return [found[k] for k in sorted(found)]
+
+    def find_dead(self, msg_id: str) -> DeadLetter:
+        for dl in self.dead_letters():
+            if dl.id == msg_id:
+                return dl
+        raise KeyError(f"no dead letter {msg_id!r} in topic {self.name!r}")
+
+    def requeue(self, msg_id: str) -> Path:
+        """Send a dead letter back to pending with a fresh attempt count."""
+        dl = self.find_dead(msg_id)
+        assert dl.path is not None
+        target = self.dir("pending") / f"{dl.id}~0{SUFFIX}"
+        os.rename(dl.path, target)
+        (self.dir("dead") / f"{dl.id}{REASON_SUFFIX}").unlink(missing_ok=True)
+        return target
+
+    def purge(self, msg_id: str) -> None:
+        """Delete a dead letter and its reason for good."""
+        dl = self.find_dead(msg_id)
+        if dl.path is not None:
+            dl.path.unlink(missing_ok=True)
+        (self.dir("dead") / f"{dl.id}{REASON_SUFFIX}").unlink(missing_ok=True)
+
+
+class Queue:
+    """All topics under one data dir."""
+
+    def __init__(self, queue_root: Path, settings: QueueSettings) -> None:
+        self.root = queue_root
+        self.settings = settings
+        self._topics: dict[str, Topic] = {}
+
+    def topic(self, name: str) -> Topic:
+        if name not in self._topics:
+            self._topics[name] = Topic(self.root, name, self.settings)
+        return self._topics[name]
+
+    def existing(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())

@@ -1,0 +1,93 @@
+"""results/: the durable home of scored batches, partitioned by date.
+
+infer publishes each scored batch to ``queue/inference-results`` (where live readers pick up the
+latest alerts); after ``queue.results_hold_s`` any worker's housekeeping moves it, with one
+exclusive rename, to ``results/date=YYYY-MM-DD/<id>.parquet`` (the date of the batch id's time,
+i.e. of its first transaction). The path derives from the id alone, so a batch scored twice
+after a crash lands on the same file: every transaction is in the results exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import time
+from pathlib import Path
+
+import polars as pl
+
+from fraudpipe.queue import SUFFIX, Topic, id_time_ms
+
+PARTITION = "date="
+
+
+class ResultsStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, msg_id: str) -> Path:
+        day = dt.datetime.fromtimestamp(id_time_ms(msg_id) / 1000, dt.UTC).date()
+        return self.root / f"{PARTITION}{day.isoformat()}" / f"{msg_id}{SUFFIX}"
+
+    def deliver(self, topic: Topic, hold_s: float, now: float | None = None) -> int:
+        """Move scored batches older than hold_s from the topic into results/; how many."""
+        now = time.time() if now is None else now
+        moved = 0
+        for msg in topic.pending():
+            try:
+                if now - msg.path.stat().st_mtime < hold_s:
+                    continue
+                target = self.path_for(msg.id)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(msg.path, target)
+            except FileNotFoundError:
+                continue  # another worker delivered it
+            moved += 1
+        return moved
+
+    def files(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(self.root.glob(f"{PARTITION}*/*{SUFFIX}"))
+
+    def prune(self, keep_days: int, today: dt.date | None = None) -> int:
+        """Delete date partitions older than keep_days before the newest partition."""
+        days = sorted(
+            dt.date.fromisoformat(p.name[len(PARTITION) :])
+            for p in self.root.glob(f"{PARTITION}*")
+            if p.is_dir()
+        )
+        if not days:
+            return 0
+        newest = today or days[-1]
+        removed = 0
+        for day in days:
+            if (newest - day).days > keep_days:
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(self.root / f"{PARTITION}{day.isoformat()}")
+                removed += 1
+        return removed
+
+
+def read_all(results: ResultsStore, topic: Topic | None = None) -> pl.DataFrame | None:
+    """Every scored row: batches still in the topic (if given) plus delivered results.
+
+    The topic is listed first: a batch delivered while we read is then found in results/.
+    """
+    pending = [m.id for m in topic.pending()] if topic is not None else []
+    paths = {p.stem: p for p in results.files()}
+    frames = []
+    for msg_id in pending:
+        if msg_id in paths:
+            continue
+        for candidate in (topic.dir("pending") if topic else results.root).glob(f"{msg_id}~*"):
+            with contextlib.suppress(FileNotFoundError):
+                frames.append(pl.read_parquet(candidate))
+                break
+        else:
+            paths[msg_id] = results.path_for(msg_id)
+    for path in paths.values():
+        frames.append(pl.read_parquet(path))
+    return pl.concat(frames, how="vertical_relaxed") if frames else None
