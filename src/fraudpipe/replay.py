@@ -1,0 +1,219 @@
+"""Replay a user's own Parquet or CSV file as the transaction stream, one day at a time.
+
+The file is read once, its columns found (``replay.columns`` mapping first, then our names,
+then the fraud handbook's), checked and converted to the simulator's output columns, sorted by
+(ts, transaction_id) and kept in memory; ``day(d)`` is then a zero-copy slice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from fraudpipe.config import ReplaySettings
+from fraudpipe.schema import TS
+from fraudpipe.simulate import DAY_US, SOURCE_COLUMNS
+
+OUR_COLUMNS = ("transaction_id", "ts", "customer_id", "terminal_id", "amount", "is_fraud")
+HANDBOOK_COLUMNS = {
+    "transaction_id": "TRANSACTION_ID",
+    "ts": "TX_DATETIME",
+    "customer_id": "CUSTOMER_ID",
+    "terminal_id": "TERMINAL_ID",
+    "amount": "TX_AMOUNT",
+    "is_fraud": "TX_FRAUD",
+}
+_OPTIONAL = ("transaction_id", "is_fraud")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+class ReplayError(ValueError):
+    """The replay file cannot be used; the message says which file and column, and why."""
+
+
+def _read(path: Path) -> pl.DataFrame:
+    """Load the whole file; CSV columns come in as text and are converted column by column."""
+    suffix = path.suffix.lower()
+    if suffix not in (*_PARQUET_SUFFIXES, ".csv"):
+        raise ReplayError(
+            f"replay file {path}: unsupported suffix {path.suffix!r}; "
+            "expected .parquet, .pq or .csv"
+        )
+    if not path.is_file():
+        raise ReplayError(f"replay file {path}: no such file")
+    try:
+        if suffix == ".csv":
+            return pl.read_csv(path, infer_schema=False)
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise ReplayError(f"replay file {path}: cannot be read: {exc}") from exc
+
+
+def _resolve(columns: list[str], mapping: dict[str, str], path: Path) -> dict[str, str]:
+    """Our column name -> the file's column name; an absent optional column is left out."""
+    unknown = sorted(set(mapping) - set(OUR_COLUMNS))
+    if unknown:
+        raise ReplayError(
+            f"replay file {path}: replay.columns has unknown column(s) {unknown}; its keys are "
+            f"our names, one of {list(OUR_COLUMNS)}, and its values the file's names"
+        )
+    found: dict[str, str] = {}
+    for ours in OUR_COLUMNS:
+        if ours in mapping:
+            if mapping[ours] not in columns:
+                raise ReplayError(
+                    f"replay file {path}: replay.columns maps {ours} to {mapping[ours]!r}, "
+                    f"which the file does not have; its columns are {columns}"
+                )
+            found[ours] = mapping[ours]
+        elif ours in columns:
+            found[ours] = ours
+        elif HANDBOOK_COLUMNS[ours] in columns:
+            found[ours] = HANDBOOK_COLUMNS[ours]
+        elif ours not in _OPTIONAL:
+            raise ReplayError(
+                f"replay file {path}: no column for {ours} (looked for {ours!r} and "
+                f"{HANDBOOK_COLUMNS[ours]!r}; map it with replay.columns.{ours}); "
+                f"the file's columns are {columns}"
+            )
+    return found
+
+
+def _fail(path: Path, s: pl.Series, ours: str, expected: str, bad: pl.Series) -> ReplayError:
+    """An error naming the column, what it should hold, and an offending value."""
+    example = s.filter(bad).head(1).item()
+    shown = "e.g. an empty value" if example is None else f"e.g. {example!r}"
+    return ReplayError(
+        f"replay file {path}: column {s.name!r} ({ours}) must hold {expected}; "
+        f"{int(bad.sum())} row(s) do not, {shown}"
+    )
+
+
+def _convert(s: pl.Series, dtype: pl.DataType, ours: str, path: Path) -> pl.Series:
+    """Cast to dtype, refusing any value that would be lost or changed (nulls pass through)."""
+    expected = "integers" if dtype.is_integer() else "numbers"
+    if not (s.dtype.is_numeric() or s.dtype == pl.String or s.dtype == pl.Boolean):
+        raise ReplayError(
+            f"replay file {path}: column {s.name!r} ({ours}) must hold {expected}, "
+            f"but its type is {s.dtype}"
+        )
+    out = s.cast(dtype, strict=False)
+    bad = out.is_null() & s.is_not_null()
+    if s.dtype.is_float():
+        bad = bad | s.is_nan().fill_null(False)
+        if dtype.is_integer():
+            bad = bad | (s != s.round()).fill_null(False)
+    if bad.any():
+        raise _fail(path, s, ours, expected, bad)
+    return out
+
+
+def _unparsed(s: pl.Series) -> pl.Series:
+    """Which strings of s are not date-times (all of them when no format can be inferred)."""
+    try:
+        parsed = s.str.to_datetime(time_unit="us", strict=False, cache=False)
+    except pl.exceptions.PolarsError:
+        return s.is_not_null()
+    return parsed.is_null() & s.is_not_null()
+
+
+def _to_ts(s: pl.Series, path: Path) -> pl.Series:
+    """Date-times (any unit or zone), ISO 8601 strings or epoch seconds -> naive UTC, in us."""
+    expected = "date-times (ISO 8601, 'YYYY-MM-DD HH:MM:SS', or epoch seconds)"
+    if s.dtype == pl.String:
+        try:
+            out = s.str.to_datetime(time_unit="us", strict=True, cache=False)
+        except pl.exceptions.PolarsError:
+            seconds = s.cast(pl.Float64, strict=False)
+            if (seconds.is_null() & s.is_not_null()).any():
+                raise _fail(path, s, "ts", expected, _unparsed(s)) from None
+            s = seconds
+        else:
+            s = out
+    if s.dtype.is_numeric():
+        s = _convert(s, pl.Float64(), "ts", path)
+        return (s * 1e6).round().cast(pl.Int64).cast(TS)
+    if isinstance(s.dtype, pl.Datetime):
+        if s.dtype.time_zone is not None:
+            s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        return s.cast(TS)
+    if s.dtype == pl.Date:
+        return s.cast(TS)
+    raise ReplayError(
+        f"replay file {path}: column {s.name!r} (ts) must hold {expected}, "
+        f"but its type is {s.dtype}"
+    )
+
+
+def _load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
+    """The file as our columns, checked, sorted by (ts, transaction_id)."""
+    raw = _read(path)
+    if raw.height == 0:
+        raise ReplayError(f"replay file {path}: holds no rows")
+    names = _resolve(raw.columns, mapping, path)
+    cols = {
+        ours: _to_ts(raw[theirs], path)
+        if ours == "ts"
+        else _convert(raw[theirs], SOURCE_COLUMNS[ours], ours, path)
+        for ours, theirs in names.items()
+    }
+    for ours, s in cols.items():
+        if ours != "is_fraud" and s.null_count():
+            raise _fail(path, raw[names[ours]], ours, "a value in every row", s.is_null())
+    if "is_fraud" in cols:
+        bad = ~cols["is_fraud"].is_in([0, 1]).fill_null(True)
+        if bad.any():
+            raise _fail(path, raw[names["is_fraud"]], "is_fraud", "0 or 1", bad)
+    else:
+        cols["is_fraud"] = pl.Series("is_fraud", [None] * raw.height, dtype=pl.Int8)
+    df = pl.DataFrame({ours: s.alias(ours) for ours, s in cols.items()})
+    if "transaction_id" in cols:
+        dup = df["transaction_id"].is_duplicated()
+        if dup.any():
+            raise _fail(path, raw[names["transaction_id"]], "transaction_id", "unique ids", dup)
+        df = df.sort("ts", "transaction_id")
+    else:
+        df = df.sort("ts", maintain_order=True).with_row_index("transaction_id")
+    return df.select(
+        pl.col("transaction_id").cast(pl.Int64),
+        "ts",
+        "customer_id",
+        "terminal_id",
+        "amount",
+        "is_fraud",
+        pl.lit(0, dtype=pl.Int8).alias("fraud_scenario"),
+        pl.when(pl.col("is_fraud").is_not_null())
+        .then(pl.col("ts") + pl.duration(microseconds=delay_us))
+        .alias("label_ts"),
+    )
+
+
+class ReplaySource:
+    """A user's transactions, served one calendar day (UTC) at a time from the earliest.
+
+    ``data`` holds every row (sorted), ``n_days`` the number of days from ``start_date`` to
+    the last transaction, empty days included.
+    """
+
+    def __init__(self, cfg: ReplaySettings, label_delay_days: float) -> None:
+        if cfg.path is None:
+            raise ReplayError("replay.path is not set: name the Parquet or CSV file to replay")
+        self.data = _load(cfg.path, cfg.columns, round(label_delay_days * DAY_US))
+        ts_us = self.data["ts"].to_physical().to_numpy()
+        first_day = int(ts_us[0] // DAY_US)
+        self.start_date: dt.date = dt.date(1970, 1, 1) + dt.timedelta(days=first_day)
+        self.n_days = int(ts_us[-1] // DAY_US) - first_day + 1
+        starts = (first_day + np.arange(self.n_days + 1, dtype=np.int64)) * DAY_US
+        self._bounds = np.searchsorted(ts_us, starts, side="left")
+
+    def day(self, d: int) -> pl.DataFrame | None:
+        """Rows of day d (0 = start_date), sorted by (ts, id); None once past the last day."""
+        if d < 0:
+            raise ValueError(f"replay day must be >= 0, got {d}")
+        if d >= self.n_days:
+            return None
+        lo, hi = int(self._bounds[d]), int(self._bounds[d + 1])
+        return self.data.slice(lo, hi - lo)
