@@ -1,0 +1,193 @@
+"""Model versions on the shared volume (DESIGN.md section 5).
+
+    models/<version>/model.txt       LightGBM model
+    models/<version>/model.onnx      its ONNX export (what infer scores with)
+    models/<version>/manifest.json   features, training window, metrics, decision
+    models/current -> <version>      relative symlink, replaced atomically
+    models/promotions/<at>-<id>.json one file per promotion, rollback or forced promotion
+
+Version names are a UTC timestamp (microseconds) plus a random suffix: unique without a shared
+counter, and their name order is their creation order. A version is written into a hidden
+temporary directory and renamed in whole, so readers never see a partial version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import lightgbm as lgb
+
+from fraudpipe import durable
+
+VERSION_RE = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{6}$")
+MODEL_FILE = "model.txt"
+ONNX_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+CURRENT = "current"
+PROMOTIONS = "promotions"
+
+Event = Literal["promoted", "forced", "rolled-back"]
+
+
+class RegistryError(Exception):
+    """A registry request cannot be served; the message says why."""
+
+
+class UnknownVersionError(RegistryError, LookupError):
+    """No model version of that name exists."""
+
+
+def _stamp(now: dt.datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def new_name() -> str:
+    """A unique, time-ordered name: UTC timestamp + random suffix."""
+    return f"{_stamp(dt.datetime.now(dt.UTC))}-{secrets.token_hex(3)}"
+
+
+class ModelRegistry:
+    """Stores, lists and promotes model versions under one models/ directory."""
+
+    def __init__(self, models_dir: Path, *, fsync: bool = True) -> None:
+        self.root = Path(models_dir)
+        self.fsync = fsync
+
+    @property
+    def promotions_dir(self) -> Path:
+        return self.root / PROMOTIONS
+
+    def _dir(self, version: str) -> Path:
+        if not VERSION_RE.match(version) or not (self.root / version).is_dir():
+            raise UnknownVersionError(
+                f"unknown model version {version!r} under {self.root} "
+                f"(known: {', '.join(self.versions()) or 'none'})"
+            )
+        return self.root / version
+
+    def save(self, booster: lgb.Booster, onnx_bytes: bytes, manifest: dict[str, Any]) -> str:
+        """Store a new version atomically and return its name (not promoted).
+
+        The manifest gets "version" and, unless given, "created_at" (UTC, ISO 8601).
+        """
+        version = new_name()
+        content = {
+            **manifest,
+            "version": version,
+            "created_at": manifest.get("created_at") or dt.datetime.now(dt.UTC).isoformat(),
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{version}.tmp"
+        tmp.mkdir()
+        try:
+            durable.write_bytes(
+                tmp / MODEL_FILE, booster.model_to_string().encode(), fsync=self.fsync
+            )
+            durable.write_bytes(tmp / ONNX_FILE, onnx_bytes, fsync=self.fsync)
+            durable.write_json(tmp / MANIFEST_FILE, content, fsync=self.fsync)
+            os.rename(tmp, self.root / version)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self.fsync:
+            durable.fsync_dir(self.root)
+        return version
+
+    def versions(self) -> list[str]:
+        """Every stored version, oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if VERSION_RE.match(p.name))
+
+    def current(self) -> str | None:
+        """The version models/current points at, or None before the first promotion."""
+        try:
+            target = os.readlink(self.root / CURRENT)
+        except FileNotFoundError:
+            return None
+        return Path(target).name
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        content: dict[str, Any] = json.loads((self._dir(version) / MANIFEST_FILE).read_text())
+        return content
+
+    def onnx_path(self, version: str) -> Path:
+        return self._dir(version) / ONNX_FILE
+
+    def load_booster(self, version: str) -> lgb.Booster:
+        return lgb.Booster(model_file=str(self._dir(version) / MODEL_FILE))
+
+    def promote(self, version: str, reason: str, *, forced: bool = False) -> None:
+        """Point models/current at version and record the event.
+
+        forced marks an operator's promotion that bypassed the champion comparison.
+        """
+        self._switch(version, "forced" if forced else "promoted", reason)
+
+    def rollback(self, reason: str = "rollback requested") -> str:
+        """Point models/current back at the version that was current before it; return it.
+
+        The history is replayed as a stack (a promotion pushes, a rollback pops), so repeated
+        rollbacks walk further back. Raises RegistryError when there is nothing to go back to.
+        """
+        current = self.current()
+        if current is None:
+            raise RegistryError("nothing to roll back: no model has been promoted yet")
+        events = self.history()
+        stack: list[str] = []
+        for event in events:
+            if event["event"] == "rolled-back" and stack and stack[-1] == event["from"]:
+                stack.pop()
+            if not stack or stack[-1] != event["to"]:
+                stack.append(event["to"])
+        while stack and stack[-1] == current:
+            stack.pop()
+        if not stack:
+            raise RegistryError(
+                f"cannot roll back: no version was current before {current} "
+                f"(history has {len(events)} event(s))"
+            )
+        self._switch(stack[-1], "rolled-back", reason)
+        return stack[-1]
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every promotion event, oldest first."""
+        if not self.promotions_dir.is_dir():
+            return []
+        files = sorted(
+            p
+            for p in self.promotions_dir.iterdir()
+            if p.suffix == ".json" and not p.name.startswith(".")
+        )
+        return [json.loads(p.read_text()) for p in files]
+
+    def _switch(self, version: str, event: Event, reason: str) -> None:
+        self._dir(version)
+        previous = self.current()
+        link = self.root / CURRENT
+        tmp = self.root / f".{CURRENT}.{secrets.token_hex(4)}.tmp"
+        os.symlink(version, tmp)
+        try:
+            os.replace(tmp, link)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self.fsync:
+            durable.fsync_dir(self.root)
+        now = dt.datetime.now(dt.UTC)
+        record = {
+            "event": event,
+            "from": previous,
+            "to": version,
+            "reason": reason,
+            "at": now.isoformat(),
+        }
+        name = f"{_stamp(now)}-{secrets.token_hex(3)}.json"
+        durable.write_json(self.promotions_dir / name, record, fsync=self.fsync)

@@ -1,0 +1,334 @@
+"""One training run end to end: labeled data, time-ordered split, challenger vs champion.
+
+The label cutoff is the latest label_ts in the label log (no later than ``now``, when given);
+no label after it is used. Labeled rows are feature-store rows joined with those labels. The
+newest ``holdout_days`` of labeled rows (by transaction ts) are the holdout, the
+``train_days`` before them the training set. The challenger is scored on the holdout with its
+ONNX export (what inference runs), the champion (models/current) on the same rows; the
+challenger is promoted only when its average precision beats the champion's by more than
+``min_improvement``. Every trained version is saved; its manifest records the decision.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import polars as pl
+
+import fraudpipe
+from fraudpipe import schema
+from fraudpipe.config import TrainSettings
+from fraudpipe.eventlog import EventLog, parse_day_dir
+from fraudpipe.layout import Layout
+from fraudpipe.model import (
+    ModelLoadError,
+    OnnxScorer,
+    TrainingStopped,
+    booster_params,
+    evaluate,
+    export_onnx,
+    train_booster,
+)
+from fraudpipe.registry import ModelRegistry, RegistryError
+
+Status = Literal["trained-promoted", "trained-kept-champion", "not-enough-data", "stopped"]
+ONE_DAY = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a training run did; reason is meant for the operator."""
+
+    status: Status
+    reason: str
+    version: str | None = None
+    metrics: dict[str, Any] | None = None
+
+
+class _NotEnoughData(Exception):
+    pass
+
+
+def _ts_max(column: pl.Series) -> dt.datetime:
+    """The latest value of a non-empty Datetime column."""
+    return cast(dt.datetime, column.max())
+
+
+def _ts_min(column: pl.Series) -> dt.datetime:
+    """The earliest value of a non-empty Datetime column."""
+    return cast(dt.datetime, column.min())
+
+
+class _Labels:
+    """Label partitions read newest first, and only as far back as asked."""
+
+    def __init__(self, log: EventLog, now: dt.datetime | None) -> None:
+        self._log = log
+        self._now = now
+        self._unread = [d for d in log.days("labels") if now is None or d <= now.date()]
+        self._frames: list[pl.DataFrame] = []
+        self._known: pl.DataFrame | None = None
+        if self._unread:  # a batch may cross midnight: its newest labels sit a day back
+            self.read_back_to(self._unread[-1] - ONE_DAY)
+        while self._unread and not any(f.height for f in self._frames):
+            self._read_newest()
+        latest = [_ts_max(f["label_ts"]) for f in self._frames if f.height]
+        self.cutoff: dt.datetime | None = max(latest) if latest else None
+
+    def _read_newest(self) -> None:
+        day = self._unread.pop()
+        frame = EventLog.read_files(self._log.files("labels", day, day))
+        if frame is not None:
+            frame = schema.check(frame, schema.LABELS, f"labels day={day}")
+            if self._now is not None:
+                frame = frame.filter(pl.col("label_ts") <= self._now)
+            self._frames.append(frame)
+            self._known = None
+
+    def read_back_to(self, first_day: dt.date) -> None:
+        while self._unread and self._unread[-1] >= first_day:
+            self._read_newest()
+
+    def known(self) -> pl.DataFrame:
+        """Labels read so far with label_ts <= cutoff, the latest per transaction."""
+        if self._known is None:
+            self._known = (
+                pl.concat(self._frames)
+                .filter(pl.col("label_ts") <= self.cutoff)
+                .sort("label_ts")
+                .unique("transaction_id", keep="last")
+            )
+        return self._known
+
+
+def _read_features(part: Path, feature_names: list[str]) -> tuple[pl.DataFrame | None, int]:
+    """Rows of one feature-store day: ids, ts and float32 features; also files skipped.
+
+    A file without every feature (written before the feature set changed) is skipped.
+    """
+    columns = ["transaction_id", "ts", *feature_names]
+    frames: list[pl.DataFrame] = []
+    skipped = 0
+    for path in sorted(part.glob("*.parquet")):
+        try:
+            if not set(columns) <= set(pl.read_parquet_schema(path)):
+                skipped += 1
+                continue
+            frame = pl.read_parquet(path, columns=columns)
+        except FileNotFoundError:  # pruned by retention while we listed it
+            continue
+        frames.append(
+            frame.select(
+                pl.col("transaction_id").cast(pl.Int64),
+                pl.col("ts").cast(schema.TS),
+                *(pl.col(f).cast(pl.Float32) for f in feature_names),
+            )
+        )
+    return (pl.concat(frames) if frames else None), skipped
+
+
+@dataclass(frozen=True)
+class _Labeled:
+    data: pl.DataFrame  # transaction_id, ts, features..., is_fraud, label_ts; sorted by ts
+    cutoff: dt.datetime
+    skipped_files: int
+
+
+def _load_labeled(
+    layout: Layout, cfg: TrainSettings, feature_names: list[str], now: dt.datetime | None
+) -> _Labeled:
+    """Labeled rows of the newest train_days + holdout_days, reading only those partitions."""
+    labels = _Labels(EventLog(layout), now)
+    cutoff = labels.cutoff
+    if cutoff is None:
+        bound = f" up to {now}" if now is not None else ""
+        raise _NotEnoughData(f"no labels in the label log{bound} yet")
+    store = layout.feature_store
+    found = (parse_day_dir(p.name) for p in store.iterdir()) if store.is_dir() else iter(())
+    days = sorted((d for d in found if d is not None and d <= cutoff.date()), reverse=True)
+    span = dt.timedelta(days=cfg.train_days + cfg.holdout_days)
+    frames: list[pl.DataFrame] = []
+    first_needed: dt.date | None = None
+    skipped = 0
+    for day in days:
+        if first_needed is not None and day < first_needed:
+            break
+        labels.read_back_to(day - ONE_DAY)
+        frame, n_skipped = _read_features(store / f"day={day.isoformat()}", feature_names)
+        skipped += n_skipped
+        if frame is None:
+            continue
+        frames.append(frame)
+        if first_needed is None:
+            labeled = frame.join(labels.known(), on="transaction_id", how="semi")
+            if labeled.height:
+                first_needed = (_ts_max(labeled["ts"]) - span).date() - ONE_DAY
+    if first_needed is None:
+        raise _NotEnoughData(
+            f"no feature-store row has a label up to the label cutoff {cutoff} "
+            f"({len(days)} feature day(s) read, {skipped} file(s) lacking the current features)"
+        )
+    data = pl.concat(frames).join(labels.known(), on="transaction_id", how="inner")
+    end = _ts_max(data["ts"])
+    data = data.filter(pl.col("ts") > end - span).sort("ts", "transaction_id")
+    return _Labeled(data, cutoff, skipped)
+
+
+def _summary(part: pl.DataFrame) -> dict[str, Any]:
+    return {
+        "n": part.height,
+        "n_fraud": int(part["is_fraud"].sum()),
+        "first_ts": _ts_min(part["ts"]).isoformat() if part.height else None,
+        "last_ts": _ts_max(part["ts"]).isoformat() if part.height else None,
+    }
+
+
+def _missing(train: dict[str, Any], holdout: dict[str, Any], cfg: TrainSettings) -> str | None:
+    """Why this split cannot train and judge a model, or None when it can."""
+    n_labeled = train["n"] + holdout["n"]
+    if n_labeled < cfg.min_labeled_rows:
+        return (
+            f"{n_labeled} labeled rows in the window; need min_labeled_rows={cfg.min_labeled_rows}"
+        )
+    if train["n_fraud"] < cfg.min_frauds:
+        return (
+            f"{train['n_fraud']} frauds in the training days ({train['first_ts']} .. "
+            f"{train['last_ts']}); need min_frauds={cfg.min_frauds}"
+        )
+    if train["n_fraud"] == train["n"]:
+        return "the training days hold no legitimate transaction"
+    if holdout["n_fraud"] == 0:
+        return (
+            f"the holdout ({holdout['n']} rows, {holdout['first_ts']} .. {holdout['last_ts']}) "
+            "holds no fraud, so average precision is undefined"
+        )
+    return None
+
+
+def _judge(
+    registry: ModelRegistry,
+    cfg: TrainSettings,
+    feature_names: list[str],
+    X_holdout: np.ndarray,
+    y_holdout: np.ndarray,
+    challenger_ap: float,
+) -> tuple[bool, str, dict[str, Any]]:
+    """(promote?, reason, champion record) for a challenger with this holdout AP."""
+    champion = registry.current()
+    record: dict[str, Any] = {"version": champion, "metrics": None}
+    if champion is None:
+        return True, "first model: there is no champion yet", record
+    try:
+        champion_features = registry.manifest(champion).get("feature_names")
+        if champion_features != feature_names:
+            return (
+                True,
+                f"champion {champion} uses other features ({champion_features}) than the "
+                f"store now computes ({feature_names}): it cannot be compared on this holdout, "
+                "so the challenger replaces it",
+                record,
+            )
+        scores = OnnxScorer(registry.onnx_path(champion)).score(X_holdout)
+    except (RegistryError, ModelLoadError, OSError, ValueError) as exc:
+        return True, f"champion {champion} cannot be evaluated ({exc}): promoting", record
+    record["metrics"] = evaluate(y_holdout, scores)
+    champion_ap = record["metrics"]["average_precision"]
+    comparison = (
+        f"challenger average precision {challenger_ap:.4f} vs champion {champion} "
+        f"{champion_ap:.4f} on the same holdout (min_improvement {cfg.min_improvement:g})"
+    )
+    if challenger_ap > champion_ap + cfg.min_improvement:
+        return True, f"{comparison}: the challenger wins", record
+    return False, f"{comparison}: not better, the champion stays", record
+
+
+def run_training(
+    layout: Layout,
+    cfg: TrainSettings,
+    feature_names: list[str],
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    now: dt.datetime | None = None,
+) -> TrainOutcome:
+    """Train a challenger on the newest labeled data, save it, promote it if it wins.
+
+    now is the simulated present (naive UTC): labels with a later label_ts are ignored
+    (default: every label in the log counts). should_stop() is polled during training and
+    ends the run as "stopped" with nothing saved; progress(iteration, total) reports it.
+    """
+    if now is not None and now.tzinfo is not None:
+        now = now.astimezone(dt.UTC).replace(tzinfo=None)
+    stopping = should_stop if should_stop is not None else (lambda: False)
+    try:
+        labeled = _load_labeled(layout, cfg, feature_names, now)
+    except _NotEnoughData as exc:
+        return TrainOutcome("not-enough-data", str(exc))
+    data = labeled.data
+    holdout_start = _ts_max(data["ts"]) - dt.timedelta(days=cfg.holdout_days)
+    train = data.filter(pl.col("ts") <= holdout_start)
+    holdout = data.filter(pl.col("ts") > holdout_start)
+    train_info, holdout_info = _summary(train), _summary(holdout)
+    missing = _missing(train_info, holdout_info, cfg)
+    if missing is not None:
+        return TrainOutcome("not-enough-data", f"{missing} (label cutoff {labeled.cutoff})")
+    if stopping():
+        return TrainOutcome("stopped", "stop requested before training")
+
+    X_train = np.ascontiguousarray(train.select(feature_names).to_numpy(), dtype=np.float32)
+    y_train = train["is_fraud"].to_numpy()
+    X_holdout = np.ascontiguousarray(holdout.select(feature_names).to_numpy(), dtype=np.float32)
+    y_holdout = holdout["is_fraud"].to_numpy()
+    started = time.perf_counter()
+    try:
+        booster = train_booster(
+            X_train, y_train, cfg, feature_names, should_stop=should_stop, progress=progress
+        )
+    except TrainingStopped as exc:
+        return TrainOutcome("stopped", str(exc))
+    train_seconds = time.perf_counter() - started
+
+    onnx_bytes = export_onnx(booster, len(feature_names))
+    scores = OnnxScorer(onnx_bytes).score(X_holdout)
+    metrics = evaluate(y_holdout, scores)
+    onnx_diff = np.abs(scores.astype(np.float64) - booster.predict(X_holdout))
+    registry = ModelRegistry(layout.models)
+    promote, reason, champion = _judge(
+        registry, cfg, feature_names, X_holdout, y_holdout, metrics["average_precision"]
+    )
+    manifest = {
+        "code_version": fraudpipe.__version__,
+        "feature_names": feature_names,
+        "window": {
+            "first_ts": train_info["first_ts"],
+            "last_ts": holdout_info["last_ts"],
+            "holdout_start": holdout_start.isoformat(),
+            "label_cutoff": labeled.cutoff.isoformat(),
+        },
+        "train": train_info,
+        "holdout": holdout_info,
+        "metrics": metrics,
+        "threshold": metrics["threshold"],
+        "params": {**booster_params(cfg), "num_boost_round": cfg.num_boost_round},
+        "num_trees": booster.num_trees(),
+        "train_seconds": round(train_seconds, 3),
+        "onnx_vs_lightgbm": {
+            "max_abs_diff": float(onnx_diff.max()),
+            "median_abs_diff": float(np.median(onnx_diff)),
+        },
+        "feature_files_skipped": labeled.skipped_files,
+        "champion": champion,
+        "decision": "promoted" if promote else "kept-champion",
+        "reason": reason,
+    }
+    version = registry.save(booster, onnx_bytes, manifest)
+    if not promote:
+        return TrainOutcome("trained-kept-champion", reason, version, metrics)
+    registry.promote(version, reason)
+    return TrainOutcome("trained-promoted", reason, version, metrics)

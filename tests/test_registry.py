@@ -1,0 +1,152 @@
+"""registry.py: atomic versions, the models/current symlink, promotion history and rollback."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from fraudpipe.config import TrainSettings
+from fraudpipe.model import OnnxScorer, export_onnx, train_booster
+from fraudpipe.registry import VERSION_RE, ModelRegistry, RegistryError, UnknownVersionError
+
+
+@pytest.fixture(scope="module")
+def model() -> tuple[lgb.Booster, bytes, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 3)).astype(np.float32)
+    y = (X[:, 0] + rng.normal(size=500) > 1.5).astype(np.int8)
+    cfg = TrainSettings(num_boost_round=5, num_leaves=4, min_data_in_leaf=10, threads=1)
+    booster = train_booster(X, y, cfg, ["a", "b", "c"])
+    return booster, export_onnx(booster, 3), X
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry(tmp_path / "models", fsync=False)
+
+
+def save(registry: ModelRegistry, model: tuple, **manifest: object) -> str:
+    booster, onnx_bytes, _ = model
+    return registry.save(booster, onnx_bytes, {"feature_names": ["a", "b", "c"], **manifest})
+
+
+def test_save_writes_a_whole_version(registry: ModelRegistry, model: tuple) -> None:
+    booster, _, X = model
+    version = save(registry, model, metrics={"average_precision": 0.5})
+    assert VERSION_RE.match(version)
+    assert sorted(p.name for p in registry.root.iterdir()) == [version]  # no temp dir left
+    assert sorted(p.name for p in (registry.root / version).iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+        "model.txt",
+    ]
+    manifest = registry.manifest(version)
+    assert manifest["version"] == version
+    assert manifest["created_at"].endswith("+00:00")
+    assert manifest["metrics"] == {"average_precision": 0.5}
+    loaded = registry.load_booster(version)
+    np.testing.assert_allclose(loaded.predict(X), booster.predict(X))
+    onnx = OnnxScorer(registry.onnx_path(version)).score(X)
+    assert np.abs(onnx - booster.predict(X)).max() < 1e-2
+
+
+def test_failed_save_leaves_nothing(registry: ModelRegistry, model: tuple) -> None:
+    booster, _, _ = model
+    with pytest.raises(TypeError):
+        registry.save(booster, "not bytes", {})  # type: ignore[arg-type]
+    assert registry.versions() == []
+    assert list(registry.root.iterdir()) == []
+
+
+def test_versions_are_unique_and_time_ordered(registry: ModelRegistry, model: tuple) -> None:
+    made = [save(registry, model) for _ in range(5)]
+    assert len(set(made)) == 5
+    assert registry.versions() == made
+    (registry.root / ".leftover.tmp").mkdir()  # a crashed save's temp dir is not a version
+    assert registry.versions() == made
+
+
+def test_promote_replaces_current_atomically(registry: ModelRegistry, model: tuple) -> None:
+    assert registry.current() is None
+    v1, v2 = save(registry, model), save(registry, model)
+    registry.promote(v1, "first")
+    assert registry.current() == v1
+    link = registry.root / "current"
+    assert os.readlink(link) == v1  # relative: valid wherever the volume is mounted
+    assert (link / "model.onnx").is_file()
+
+    seen: set[str | None] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.add(registry.current())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(200):
+        registry.promote(v2 if i % 2 == 0 else v1, "flip")
+    done.set()
+    reader.join()
+    assert seen <= {v1, v2}  # a reader never finds current missing or half-written
+    assert registry.current() == v1
+    assert [p.name for p in registry.root.iterdir() if p.name.startswith(".")] == []
+
+
+def test_history_and_rollback(registry: ModelRegistry, model: tuple) -> None:
+    v1, v2, v3, v4 = (save(registry, model) for _ in range(4))
+    with pytest.raises(RegistryError, match="no model has been promoted"):
+        registry.rollback()
+    registry.promote(v1, "first model")
+    registry.promote(v2, "better")
+    registry.promote(v3, "operator says so", forced=True)
+    assert registry.rollback("v3 misbehaves") == v2
+    assert registry.current() == v2
+    registry.promote(v4, "better")
+    assert registry.rollback() == v2
+    assert registry.rollback() == v1  # repeated rollbacks walk further back
+    with pytest.raises(RegistryError, match=f"no version was current before {v1}"):
+        registry.rollback()
+    assert registry.current() == v1
+
+    history = registry.history()
+    assert [(e["event"], e["from"], e["to"]) for e in history] == [
+        ("promoted", None, v1),
+        ("promoted", v1, v2),
+        ("forced", v2, v3),
+        ("rolled-back", v3, v2),
+        ("promoted", v2, v4),
+        ("rolled-back", v4, v2),
+        ("rolled-back", v2, v1),
+    ]
+    assert history[3]["reason"] == "v3 misbehaves"
+    assert all(e["at"].endswith("+00:00") for e in history)
+    assert len(list(registry.promotions_dir.iterdir())) == len(history)  # one file per event
+
+
+def test_unknown_versions_are_clear_errors(registry: ModelRegistry, model: tuple) -> None:
+    known = save(registry, model)
+    for bad in ("20990101T000000.000000Z-abcdef", "../../etc", "current", "promotions"):
+        with pytest.raises(UnknownVersionError, match="unknown model version") as err:
+            registry.manifest(bad)
+        assert known in str(err.value)
+        with pytest.raises(LookupError):
+            registry.promote(bad, "typo")
+    with pytest.raises(UnknownVersionError):
+        registry.onnx_path("nope")
+    with pytest.raises(UnknownVersionError):
+        registry.load_booster("nope")
+    assert registry.current() is None
+    assert registry.history() == []
+
+
+def test_empty_registry(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "absent")
+    assert registry.versions() == []
+    assert registry.current() is None
+    assert registry.history() == []
