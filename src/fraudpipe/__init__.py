@@ -1,5 +1,11 @@
 """fraudpipe: real-time fraud detection over durable file queues."""
 
+import os
+
+# LightGBM's OpenMP threads busy-wait by default; on shared cores (every stage on one machine,
+# or a pod under a CPU limit) that made a 3 s training take minutes. Sleep-wait instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

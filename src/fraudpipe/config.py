@@ -19,7 +19,6 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 STAGES = ("gather", "preprocess", "train", "infer")
@@ -175,9 +174,19 @@ class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
-    "fraudpipe_config_file", default=None
+_FILE_DATA: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "fraudpipe_config_file_data", default=None
 )
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The YAML file's values, read once by load_settings (below the environment)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return (_FILE_DATA.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_DATA.get() or {})
 
 
 class Settings(BaseSettings):
@@ -208,11 +217,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _CONFIG_FILE.get()
-        if path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
-        return tuple(sources)
+        return (init_settings, env_settings, _FileSource(settings_cls))
 
 
 def _explain(err: ValidationError, config_file: Path | None) -> str:
@@ -233,16 +238,6 @@ def _explain(err: ValidationError, config_file: Path | None) -> str:
     return "\n".join(lines)
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def nest(dotted: dict[str, Any]) -> dict[str, Any]:
     """Turn {"queue.lease_s": 3} into {"queue": {"lease_s": 3}}; None values are dropped."""
     out: dict[str, Any] = {}
@@ -261,8 +256,9 @@ def load_settings(
     config_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
     """Build the settings from every source; raise ConfigError on any invalid value."""
+    loaded: Any = None
     if config_file is not None:
-        if not config_file.is_file():
+        if not config_file.exists() or config_file.is_dir():
             raise ConfigError(f"invalid configuration: --config {config_file}: no such file")
         try:
             loaded = yaml.safe_load(config_file.read_text())
@@ -273,19 +269,10 @@ def load_settings(
                 f"invalid configuration: {config_file} must hold a mapping of fields, "
                 f"got {type(loaded).__name__}"
             )
-    token = _CONFIG_FILE.set(config_file)
+    token = _FILE_DATA.set(loaded or {})
     try:
         return Settings(**nest(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_explain(exc, config_file)) from None
     finally:
-        _CONFIG_FILE.reset(token)
-
-
-def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
-    """A copy of settings with dotted overrides applied and validated."""
-    merged = _deep_merge(settings.model_dump(mode="python"), nest(overrides))
-    try:
-        return Settings.model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, None)) from None
+        _FILE_DATA.reset(token)

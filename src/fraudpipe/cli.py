@@ -1,0 +1,382 @@
+"""The `fraudpipe` command: a thin layer that parses flags and calls the modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from fraudpipe.config import STAGES, ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    help="Real-time fraud detection over durable file queues.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+queue_app = typer.Typer(
+    help="Inspect topics and dead letters; requeue or purge them.", no_args_is_help=True
+)
+model_app = typer.Typer(
+    help="List, inspect, promote and roll back model versions.", no_args_is_help=True
+)
+app.add_typer(queue_app, name="queue")
+app.add_typer(model_app, name="model")
+
+console = Console()
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Root of the shared volume (data_dir).")
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="YAML configuration file.", dir_okay=False)
+]
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)  # plain: never re-wrapped, easy to grep
+    raise typer.Exit(code)
+
+
+def settings_from(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+@app.command()
+def worker(
+    stage: Annotated[str, typer.Option(help="gather | preprocess | train | infer")],
+    device: Annotated[str, typer.Option(help="cpu | gpu")] = "cpu",
+    once: Annotated[
+        bool, typer.Option("--once", help="Handle exactly one batch, then exit.")
+    ] = False,
+    burst: Annotated[
+        bool, typer.Option("--burst", help="Drain what is queued, then exit.")
+    ] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    port: Annotated[int | None, typer.Option(help="Metrics/health port (0: any free).")] = None,
+) -> None:
+    """Run one stage in this process: what a pod runs, and how to debug one stage."""
+    from fraudpipe.devices import DeviceUnavailable
+    from fraudpipe.logs import setup
+    from fraudpipe.stages import StageError
+    from fraudpipe.worker import Mode, Worker
+
+    if stage not in STAGES:
+        fail(f"--stage must be one of {', '.join(STAGES)}; got {stage!r}")
+    if device not in ("cpu", "gpu"):
+        fail(f"--device must be cpu or gpu; got {device!r}")
+    if once and burst:
+        fail("--once and --burst exclude each other")
+    settings = settings_from(config, data_dir=data_dir, **{"metrics.port": port})
+    setup(settings.log.format, settings.log.level)
+    mode = Mode.ONCE if once else Mode.BURST if burst else Mode.FOREVER
+    try:
+        w = Worker(settings, stage, device, mode)
+    except (DeviceUnavailable, StageError) as exc:
+        fail(str(exc))
+        return
+    raise typer.Exit(w.run())
+
+
+def _parse_replicas(values: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in values:
+        name, sep, count = item.partition("=")
+        if not sep or name not in STAGES or not count.isdigit() or int(count) < 1:
+            fail(
+                f"--replicas expects STAGE=N with STAGE in {', '.join(STAGES)} and N >= 1; "
+                f"got {item!r}"
+            )
+        out[name] = int(count)
+    return out
+
+
+@app.command()
+def run(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after S seconds (and drain).")
+    ] = None,
+    rate: Annotated[float | None, typer.Option(help="Transactions per second to generate.")] = None,
+    days: Annotated[
+        int | None, typer.Option(help="Stop the stream after N simulated days.")
+    ] = None,
+    replicas: Annotated[
+        list[str] | None,
+        typer.Option(help="STAGE=N, repeatable: e.g. --replicas preprocess=2 --replicas infer=2"),
+    ] = None,
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for queues to drain.")
+    ] = 120.0,
+) -> None:
+    """Run the whole pipeline on this machine: every stage as local processes over one folder."""
+    from fraudpipe.runner import run_pipeline
+
+    settings = settings_from(
+        config, data_dir=data_dir, **{"gather.rate": rate, "gather.days": days}
+    )
+    summary = run_pipeline(
+        settings, _parse_replicas(replicas or []), duration, drain_timeout, console
+    )
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command("config")
+def show_config(config: ConfigFile = None, data_dir: DataDir = None) -> None:
+    """Print the effective configuration (every field, after all sources) as YAML."""
+    settings = settings_from(config, data_dir=data_dir)
+    console.print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+
+
+# -- fraudpipe queue ---------------------------------------------------------------------------
+
+
+def _queue(config: Path | None, data_dir: Path | None) -> Any:
+    from fraudpipe.layout import Layout
+    from fraudpipe.queue import Queue
+
+    s = settings_from(config, data_dir=data_dir)
+    if not Layout(s.data_dir).queue.is_dir():
+        fail(f"no queue under {s.data_dir} (is --data-dir right?)", 1)
+    return Queue(Layout(s.data_dir).queue, s.queue)
+
+
+def _topic(q: Any, name: str) -> Any:
+    if name not in q.existing():
+        fail(f"no topic {name!r}; topics: {', '.join(q.existing()) or '(none)'}", 1)
+    return q.topic(name)
+
+
+@queue_app.command("stats")
+def queue_stats(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Messages per topic: pending, claimed (and expired claims), done, dead."""
+    q = _queue(config, data_dir)
+    rows = [q.topic(t).stats().as_dict() for t in q.existing()]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("topic", "pending", "claimed", "expired", "done", "dead")
+    for r in rows:
+        table.add_row(
+            r["topic"], *(str(r[k]) for k in ("pending", "claimed", "expired", "done", "dead"))
+        )
+    console.print(table)
+
+
+@queue_app.command("ls")
+def queue_ls(
+    topic: Annotated[str, typer.Argument(help="Topic name, e.g. raw-transactions.")],
+    state: Annotated[str, typer.Option(help="pending | claimed | dead")] = "dead",
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """List the messages of a topic in one state (dead letters by default, with reasons)."""
+    t = _topic(_queue(config, data_dir), topic)
+    if state == "dead":
+        dls = t.dead_letters()
+        table = Table("id", "attempts", "reason", title=f"{topic}: {len(dls)} dead letter(s)")
+        for dl in dls:
+            table.add_row(
+                dl.id, str(dl.reason.get("attempts", dl.attempt + 1)), str(dl.reason.get("reason"))
+            )
+    elif state in ("pending", "claimed"):
+        msgs = t.pending() if state == "pending" else t.claims()
+        table = Table("id", "attempt", "consumer", title=f"{topic}: {len(msgs)} {state}")
+        for m in msgs:
+            table.add_row(m.id, str(m.attempt), getattr(m, "consumer", ""))
+    else:
+        fail(f"--state must be pending, claimed or dead; got {state!r}")
+    console.print(table)
+
+
+@queue_app.command("inspect")
+def queue_inspect(
+    topic: str,
+    msg_id: Annotated[str, typer.Argument(metavar="ID")],
+    rows: Annotated[int, typer.Option(help="Rows to show.")] = 5,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Show one message: where it is, its reason if dead, its schema and first rows."""
+    import polars as pl
+
+    t = _topic(_queue(config, data_dir), topic)
+    found = [m for m in t.pending() + t.claims() if m.id == msg_id]
+    try:
+        dl = t.find_dead(msg_id)
+        path, info = dl.path, {"state": "dead", **dl.reason}
+    except KeyError:
+        if not found:
+            fail(f"no message {msg_id!r} pending, claimed or dead in {topic!r}", 1)
+        path, info = (
+            found[0].path,
+            {
+                "state": "claimed" if hasattr(found[0], "consumer") else "pending",
+                "attempt": found[0].attempt,
+            },
+        )
+    console.print_json(
+        json.dumps({"topic": topic, "id": msg_id, "path": str(path), **info}, default=str)
+    )
+    try:
+        df = pl.read_parquet(path)
+    except Exception as exc:
+        console.print(f"(content unreadable: {exc})")
+        return
+    console.print(f"{df.height} rows; schema: {dict(df.schema)}")
+    console.print(df.head(rows))
+
+
+@queue_app.command("requeue")
+def queue_requeue(
+    topic: str,
+    msg_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter of the topic.")] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Send dead letters back to pending (after fixing what killed them)."""
+    t = _topic(_queue(config, data_dir), topic)
+    ids = [d.id for d in t.dead_letters()] if all_ else [msg_id] if msg_id else []
+    if not ids:
+        fail("name an ID or pass --all")
+    for i in ids:
+        try:
+            t.requeue(i)
+        except KeyError as exc:
+            fail(str(exc), 1)
+    console.print(f"requeued {len(ids)} message(s) in {topic}")
+
+
+@queue_app.command("purge")
+def queue_purge(
+    topic: str,
+    msg_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter of the topic.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Delete dead letters for good."""
+    t = _topic(_queue(config, data_dir), topic)
+    ids = [d.id for d in t.dead_letters()] if all_ else [msg_id] if msg_id else []
+    if not ids:
+        fail("name an ID or pass --all")
+    if not yes and not typer.confirm(f"delete {len(ids)} dead letter(s) of {topic}?"):
+        raise typer.Exit(1)
+    for i in ids:
+        try:
+            t.purge(i)
+        except KeyError as exc:
+            fail(str(exc), 1)
+    console.print(f"purged {len(ids)} dead letter(s) from {topic}")
+
+
+# -- fraudpipe model ---------------------------------------------------------------------------
+
+
+def _registry(config: Path | None, data_dir: Path | None) -> Any:
+    from fraudpipe.layout import Layout
+    from fraudpipe.registry import ModelRegistry
+
+    return ModelRegistry(Layout(settings_from(config, data_dir=data_dir).data_dir).models)
+
+
+def _metric(manifest: dict[str, Any], key: str) -> str:
+    value = (manifest.get("metrics") or {}).get(key)
+    return "unknown" if value is None else f"{value:.4f}"
+
+
+@model_app.command("ls")
+def model_ls(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Every model version with its holdout metrics and the promotion decision."""
+    reg = _registry(config, data_dir)
+    current = reg.current()
+    table = Table("", "version", "created", "AUC", "AP", "decision")
+    for v in reg.versions():
+        m = reg.manifest(v)
+        decision = f"{m.get('decision', '')}: {m.get('reason', '')}"
+        table.add_row(
+            "*" if v == current else "",
+            v,
+            str(m.get("created_at", ""))[:19],
+            _metric(m, "roc_auc"),
+            _metric(m, "average_precision"),
+            decision,
+        )
+    console.print(table)
+    if current is None:
+        console.print("no model promoted yet")
+
+
+@model_app.command("show")
+def model_show(
+    version: Annotated[str | None, typer.Argument()] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """A version's manifest (the current one by default)."""
+    from fraudpipe.registry import RegistryError
+
+    reg = _registry(config, data_dir)
+    version = version or reg.current()
+    if version is None:
+        fail("no model promoted yet; `fraudpipe model ls` lists versions", 1)
+    try:
+        console.print_json(json.dumps(reg.manifest(version), default=str))
+    except RegistryError as exc:
+        fail(str(exc), 1)
+
+
+@model_app.command("promote")
+def model_promote(
+    version: str,
+    reason: Annotated[str, typer.Option()] = "promoted by operator",
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Make VERSION current (infer picks it up between batches)."""
+    from fraudpipe.registry import RegistryError
+
+    try:
+        _registry(config, data_dir).promote(version, reason)
+    except RegistryError as exc:
+        fail(str(exc), 1)
+    console.print(f"current model: {version}")
+
+
+@model_app.command("rollback")
+def model_rollback(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Return to the version that was current before this one."""
+    from fraudpipe.registry import RegistryError
+
+    try:
+        version = _registry(config, data_dir).rollback()
+    except RegistryError as exc:
+        fail(str(exc), 1)
+        return
+    console.print(f"current model: {version}")
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:  # raised past a command (should not happen, but never a trace)
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,81 @@
+"""Structured logs: one line per event; JSON in a cluster, readable on a terminal.
+
+log = get_logger("preprocess")
+log.info("batch.done", id=msg_id, rows=n, seconds=0.12)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_CONFIGURED = False
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        payload.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
+        line = f"{stamp} {record.levelname:<7} {record.name:<10} {record.getMessage()} {fields}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line.rstrip()
+
+
+def setup(fmt: str = "auto", level: str = "INFO") -> None:
+    """Configure the root 'fraudpipe' logger once per process (to stderr)."""
+    global _CONFIGURED
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if use_json else _TextFormatter())
+    root = logging.getLogger("fraudpipe")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    _CONFIGURED = True
+
+
+class EventLogger:
+    """A thin wrapper so call sites read `log.info("event", key=value)`."""
+
+    def __init__(self, name: str) -> None:
+        self._log = logging.getLogger(f"fraudpipe.{name}")
+
+    def _emit(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
+        if self._log.isEnabledFor(level):
+            self._log.log(level, event, extra={"fields": fields}, exc_info=exc_info)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit(logging.DEBUG, event, False, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, event, False, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, event, False, fields)
+
+    def error(self, event: str, exc_info: bool = False, **fields: Any) -> None:
+        self._emit(logging.ERROR, event, exc_info, fields)
+
+
+def get_logger(name: str) -> EventLogger:
+    if not _CONFIGURED:
+        setup()
+    return EventLogger(name)

@@ -1,0 +1,323 @@
+"""`fraudpipe run`: the whole pipeline as local processes over one folder.
+
+Every stage replica is its own OS process running ``fraudpipe worker`` (what a pod runs), so the
+queue protocol is exercised exactly as in a cluster. The supervisor restarts a crashed worker as
+a Deployment would, shows a live one-screen summary, and stops cleanly: on ``--duration`` it
+stops gather first and lets the rest drain; on Ctrl-C it stops everything gracefully.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import polars as pl
+import yaml
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from fraudpipe.config import STAGES, Settings
+from fraudpipe.layout import FEATURES, RAW, RESULTS, TOPICS, Layout
+from fraudpipe.queue import Queue
+from fraudpipe.registry import ModelRegistry
+from fraudpipe.results import ResultsStore
+from fraudpipe.worker import status_files
+
+START_ORDER = ("train", "infer", "preprocess", "gather")  # consumers first
+STOP_GRACE_S = 20.0
+RESTART_BACKOFF_S = 1.0
+
+
+@dataclass
+class Child:
+    stage: str
+    index: int
+    proc: subprocess.Popen[bytes]
+    started: float
+    restarts: int = 0
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    replicas: dict[str, int]
+    drain_timeout_s: float = 120.0
+    console: Console = field(default_factory=Console)
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+
+    def __post_init__(self) -> None:
+        self.layout = Layout(self.settings.data_dir)
+        self.queue = Queue(self.layout.queue, self.settings.queue)
+        self.registry = ModelRegistry(self.layout.models)
+        self.run_dir = self.layout.root / "run"
+        self.started = time.time()
+        self._logs: dict[tuple[str, int], TextIO] = {}
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _config_file(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "config.yaml"
+        doc = self.settings.model_dump(mode="json")
+        doc["data_dir"] = str(Path(self.settings.data_dir).resolve())
+        doc["metrics"]["port"] = 0  # many workers on one host: any free port each
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def _spawn(self, stage: str, index: int, restarts: int = 0) -> Child:
+        # All configuration travels in the file; FRAUDPIPE_* variables of this shell are already
+        # folded into it, and must not override the flags given to `run`.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
+        env["FRAUDPIPE_LOG__FORMAT"] = "json"
+        key = (stage, index)
+        if key not in self._logs:
+            (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+            self._logs[key] = open(self.run_dir / "logs" / f"{stage}-{index}.log", "a")  # noqa: SIM115
+        cmd = [
+            sys.executable,
+            "-m",
+            "fraudpipe",
+            "worker",
+            f"--stage={stage}",
+            "--device=cpu",
+            "--config",
+            str(self.config_path),
+        ]
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=self._logs[key], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        return Child(stage, index, proc, time.monotonic(), restarts)
+
+    def start(self) -> None:
+        self.config_path = self._config_file()
+        for stage in START_ORDER:
+            for i in range(self.replicas.get(stage, 1)):
+                self.children.append(self._spawn(stage, i))
+
+    def supervise(self) -> None:
+        """Restart workers that died (as a Deployment would), with a short backoff."""
+        for n, child in enumerate(self.children):
+            rc = child.proc.poll()
+            if rc is None or self.stopping:
+                continue
+            if time.monotonic() - child.started < RESTART_BACKOFF_S:
+                continue
+            log = self.run_dir / "logs" / f"{child.stage}-{child.index}.log"
+            if rc == 2:
+                raise SystemExit(
+                    f"{child.stage} worker exited with a configuration error; see {log}"
+                )
+            self.children[n] = self._spawn(child.stage, child.index, child.restarts + 1)
+
+    def signal_stage(self, stages: tuple[str, ...], sig: int = signal.SIGTERM) -> None:
+        for child in self.children:
+            if child.stage in stages and child.proc.poll() is None:
+                child.proc.send_signal(sig)
+
+    def wait_exit(self, stages: tuple[str, ...], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            if child.stage not in stages:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+
+    def stop(self, drain: bool) -> None:
+        self.stopping = True
+        if drain:
+            self.signal_stage(("gather",))
+            self.wait_exit(("gather",), STOP_GRACE_S)
+            self.wait_drained(self.drain_timeout_s)
+        self.signal_stage(STAGES)
+        self.wait_exit(STAGES, STOP_GRACE_S)
+        for fh in self._logs.values():
+            fh.close()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def drained(self) -> bool:
+        """Nothing left to process (features only count once a model can score them)."""
+        topics = [RAW, FEATURES] if self.registry.current() else [RAW]
+        for name in topics:
+            st = self.queue.topic(name).stats()
+            if st.pending or st.claimed:
+                return False
+        return True
+
+    def wait_drained(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.drained():
+            self.supervise_quietly()
+            time.sleep(0.25)
+
+    def supervise_quietly(self) -> None:
+        stopping, self.stopping = self.stopping, False
+        try:
+            self.supervise()
+        finally:
+            self.stopping = stopping
+
+    def workers(self) -> list[dict[str, Any]]:
+        docs = []
+        for path in status_files(self.layout.status):
+            try:
+                docs.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue  # being replaced right now
+        return docs
+
+    def stream_complete(self) -> bool:
+        gathers = [w for w in self.workers() if w["stage"] == "gather"]
+        return bool(gathers) and all(w.get("finished") for w in gathers) and self.drained()
+
+    def snapshot(self) -> dict[str, Any]:
+        workers = self.workers()
+        stages = {}
+        for stage in START_ORDER:
+            mine = [w for w in workers if w["stage"] == stage]
+            stages[stage] = {
+                "replicas": len(mine),
+                "wanted": self.replicas.get(stage, 1),
+                "rows_per_s": sum(w.get("rows_per_s", 0.0) for w in mine),
+                "restarts": sum(c.restarts for c in self.children if c.stage == stage),
+            }
+        infer = [w for w in workers if w["stage"] == "infer" and w.get("latency_ms")]
+        gather = [w for w in workers if w["stage"] == "gather"]
+        return {
+            "uptime_s": time.time() - self.started,
+            "model": self.registry.current(),
+            "stages": stages,
+            "topics": {t: self.queue.topic(t).stats().as_dict() for t in TOPICS},
+            "latency_ms": infer[0]["latency_ms"] if infer else None,
+            "alerts": sum(w.get("alerts", 0) for w in workers if w["stage"] == "infer"),
+            "sim_time": gather[0].get("sim_time") if gather else None,
+        }
+
+    # -- display -----------------------------------------------------------------------------
+
+    def render(self, snap: dict[str, Any]) -> Group:
+        head = (
+            f"[bold]fraudpipe run[/] — {self.layout.root} — up {snap['uptime_s']:.0f}s — "
+            f"model [cyan]{snap['model'] or 'none yet (features wait queued)'}[/] — "
+            f"simulated time {snap['sim_time'] or '-'}"
+        )
+        st = Table(box=None, header_style="bold")
+        for col in ("stage", "replicas", "rows/s", "restarts"):
+            st.add_column(col, justify="left" if col == "stage" else "right")
+        for name, s in snap["stages"].items():
+            st.add_row(
+                name,
+                f"{s['replicas']}/{s['wanted']}",
+                f"{s['rows_per_s']:,.0f}",
+                str(s["restarts"]),
+            )
+        qt = Table(box=None, header_style="bold")
+        for col in ("topic", "pending", "claimed", "dead"):
+            qt.add_column(col, justify="left" if col == "topic" else "right")
+        for name, t in snap["topics"].items():
+            dead = f"[red]{t['dead']}[/]" if t["dead"] else "0"
+            qt.add_row(name, str(t["pending"]), str(t["claimed"]), dead)
+        lat = snap["latency_ms"]
+        tail = (
+            f"end-to-end latency p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms (recent batches)"
+            if lat
+            else "end-to-end latency: not measured yet (nothing scored)"
+        ) + f" — alerts {snap['alerts']:,} — Ctrl-C stops"
+        return Group(head, st, qt, tail)
+
+    def final_summary(self) -> dict[str, Any]:
+        results = ResultsStore(self.layout.results)
+        paths = results.files() + [m.path for m in self.queue.topic(RESULTS).pending()]
+        scored = alerts = 0
+        p50 = p99 = None
+        if paths:
+            df = (
+                pl.scan_parquet(paths)
+                .select(
+                    pl.len().alias("n"),
+                    pl.col("is_alert").sum().alias("alerts"),
+                    pl.col("latency_ms").quantile(0.5).alias("p50"),
+                    pl.col("latency_ms").quantile(0.99).alias("p99"),
+                )
+                .collect()
+            )
+            scored, alerts = int(df["n"][0]), int(df["alerts"][0])
+            p50, p99 = df["p50"][0], df["p99"][0]
+        ckpt = self.layout.gather_checkpoint / "checkpoint.json"
+        generated = json.loads(ckpt.read_text()).get("rows", 0) if ckpt.exists() else 0
+        return {
+            "seconds": round(time.time() - self.started, 1),
+            "generated": generated,
+            "scored": scored,
+            "alerts": alerts,
+            "latency_ms_p50": p50,
+            "latency_ms_p99": p99,
+            "model": self.registry.current(),
+            "dead_letters": {t: self.queue.topic(t).stats().dead for t in TOPICS},
+            "restarts": sum(c.restarts for c in self.children),
+        }
+
+
+def run_pipeline(
+    settings: Settings,
+    replicas: dict[str, int],
+    duration: float | None,
+    drain_timeout_s: float,
+    console: Console,
+) -> dict[str, Any]:
+    sup = Supervisor(settings, replicas, drain_timeout_s, console)
+    interrupted = False
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    sup.start()
+    console.print(
+        f"fraudpipe: {sum(replicas.get(s, 1) for s in STAGES)} workers over "
+        f"{sup.layout.root} (logs in {sup.run_dir / 'logs'})"
+    )
+    deadline = None if duration is None else time.monotonic() + duration
+    live = (
+        Live(sup.render(sup.snapshot()), console=console, refresh_per_second=2, transient=False)
+        if console.is_terminal
+        else None
+    )
+    last_line = 0.0
+    try:
+        if live:
+            live.start()
+        while deadline is None or time.monotonic() < deadline:
+            sup.supervise()
+            snap = sup.snapshot()
+            if live:
+                live.update(sup.render(snap))
+            elif time.monotonic() - last_line >= 5:
+                last_line = time.monotonic()
+                console.print(json.dumps({"event": "run.progress", **snap}, default=str))
+            if sup.stream_complete():
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if live:
+            live.stop()
+        console.print("fraudpipe: stopping" + ("" if interrupted else " (draining)") + " ...")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sup.stop(drain=not interrupted)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return sup.final_summary()

@@ -1,0 +1,225 @@
+"""gather: stream transactions (simulated or replayed) at a target rate; labels follow later.
+
+The stream is deterministic: batch k of a source is the same rows under the same id however
+often it is produced, so a gather restarted after a crash re-emits at most the batch it was
+writing, under the same name, and the queue dedupes it. Its position lives in a checkpoint
+written after each batch is published.
+
+Per batch, in this order (each step idempotent): write the transactions to the event log, write
+the labels that became due (label_ts <= the batch's last ts) to the log and the labels topic,
+publish the transactions to raw-transactions, save the checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+
+from fraudpipe import durable, schema
+from fraudpipe.eventlog import EventLog
+from fraudpipe.layout import LABELS, RAW
+from fraudpipe.queue import make_id
+from fraudpipe.worker import Context, Mode, Outcome, Stage
+
+
+class Source(Protocol):
+    start_date: dt.date
+
+    def day(self, d: int) -> pl.DataFrame | None: ...
+
+
+def _ms(ts: dt.datetime) -> int:
+    return int(ts.replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+class Gather(Stage):
+    name = "gather"
+    produces = (RAW, LABELS)
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        from fraudpipe.stages import StageError
+
+        g = ctx.settings.gather
+        self.cfg = g
+        self.source: Source
+        if g.source == "simulator":
+            from fraudpipe.simulate import Simulator
+
+            self.source = Simulator(g.simulator, g.label_delay_days)
+            self.tag = f"sim{g.simulator.seed}"
+            identity: dict[str, Any] = {
+                "source": "simulator",
+                **g.simulator.model_dump(mode="json"),
+            }
+        else:
+            from fraudpipe.replay import ReplayError, ReplaySource
+
+            try:
+                self.source = ReplaySource(g.replay, g.label_delay_days)
+            except ReplayError as exc:
+                raise StageError(f"gather.replay: {exc}") from exc
+            self.tag = "replay"
+            identity = {"source": "replay", "path": str(g.replay.path)}
+        identity["label_delay_days"] = g.label_delay_days
+        self.eventlog = EventLog(ctx.layout, fsync=ctx.settings.queue.fsync)
+        self.raw = ctx.queue.topic(RAW)
+        self.labels = ctx.queue.topic(LABELS)
+        self.delay = dt.timedelta(days=g.label_delay_days)
+        self.rows_per_batch = max(1, min(g.max_batch_rows, round(g.rate * g.batch_interval_s)))
+        self.ckpt_path = ctx.layout.gather_checkpoint / "checkpoint.json"
+        ck = self._load_checkpoint(identity)
+        self.day_idx: int = ck["day"]
+        self.offset: int = ck["offset"]
+        self.seq: int = ck["seq"]
+        self.rows_emitted: int = ck["rows"]
+        wm = ck["label_watermark"]
+        self.watermark: dt.datetime | None = dt.datetime.fromisoformat(wm) if wm else None
+        self.identity = identity
+        self._days: dict[int, pl.DataFrame | None] = {}
+        self.next_due = time.monotonic()
+        self.finished = False
+        self.sim_time: dt.datetime | None = self.watermark
+        self._last_prune = 0.0
+
+    # -- position ----------------------------------------------------------------------------
+
+    def _load_checkpoint(self, identity: dict[str, Any]) -> dict[str, Any]:
+        from fraudpipe.stages import StageError
+
+        fresh = {"day": 0, "offset": 0, "seq": 0, "rows": 0, "label_watermark": None}
+        if not self.ckpt_path.exists():
+            return fresh
+        ck = json.loads(self.ckpt_path.read_text())
+        if ck.get("identity") != identity:
+            raise StageError(
+                f"{self.ctx.layout.root} holds a stream from another source "
+                f"({ck.get('identity')}); use a fresh --data-dir, or delete "
+                f"{self.ckpt_path} to start this source over in the same folder"
+            )
+        return {k: ck[k] for k in fresh}
+
+    def _save_checkpoint(self) -> None:
+        durable.write_json(
+            self.ckpt_path,
+            {
+                "identity": self.identity,
+                "day": self.day_idx,
+                "offset": self.offset,
+                "seq": self.seq,
+                "rows": self.rows_emitted,
+                "label_watermark": self.watermark.isoformat() if self.watermark else None,
+                "at": time.time(),
+            },
+            fsync=self.ctx.settings.queue.fsync,
+        )
+
+    def _day(self, d: int) -> pl.DataFrame | None:
+        if self.cfg.days is not None and d >= self.cfg.days:
+            return None
+        if d not in self._days:
+            self._days[d] = self.source.day(d)
+            keep_from = d - int(np.ceil(self.cfg.label_delay_days)) - 2
+            for old in [k for k in self._days if k < keep_from]:
+                del self._days[old]
+        return self._days[d]
+
+    def _day_index(self, ts: dt.datetime) -> int:
+        return (ts.date() - self.source.start_date).days
+
+    def _take(self, n: int) -> tuple[pl.DataFrame | None, int, int]:
+        """Up to n next rows of the stream, and the cursor after them (not yet committed)."""
+        day, offset, parts, need = self.day_idx, self.offset, [], n
+        while need > 0:
+            frame = self._day(day)
+            if frame is None:
+                break
+            chunk = frame.slice(offset, need)
+            if chunk.height:
+                parts.append(chunk)
+                need -= chunk.height
+                offset += chunk.height
+            if offset >= frame.height:
+                day, offset = day + 1, 0
+        if not parts:
+            return None, day, offset
+        return pl.concat(parts), day, offset
+
+    def _labels_due(self, until: dt.datetime) -> pl.DataFrame:
+        """Labels with watermark < label_ts <= until (they 'arrive' as the clock passes them)."""
+        lo = 0 if self.watermark is None else max(0, self._day_index(self.watermark - self.delay))
+        hi = self._day_index(until - self.delay)
+        frames = [f for d in range(lo, hi + 1) if (f := self._day(d)) is not None]
+        if not frames:
+            return pl.DataFrame(schema={**schema.LABELS, "fraud_scenario": pl.Int8()})
+        cond = pl.col("label_ts") <= until
+        if self.watermark is not None:
+            cond &= pl.col("label_ts") > self.watermark
+        return (
+            pl.concat(frames)
+            .filter(cond & pl.col("is_fraud").is_not_null())
+            .select(["transaction_id", "is_fraud", "label_ts", "fraud_scenario"])
+            .sort(["label_ts", "transaction_id"])
+        )
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def step(self) -> Outcome:
+        if self.finished:
+            return Outcome(finished=True)
+        paced = self.ctx.mode is Mode.FOREVER
+        now = time.monotonic()
+        if paced and now < self.next_due:
+            return Outcome(idle_for=self.next_due - now)
+        if self.raw.over_backlog():
+            self.ctx.metrics.backpressure_seconds.labels(self.name).inc(
+                self.ctx.settings.queue.poll_max_s
+            )
+            return Outcome(idle_for=self.ctx.settings.queue.poll_max_s)
+        batch, day, offset = self._take(self.rows_per_batch)
+        if batch is None:
+            self.finished = True
+            self.ctx.log.info("gather.source_exhausted", batches=self.seq)
+            return Outcome(finished=True)
+        first, last = batch["ts"][0], batch["ts"][-1]
+        msg_id = make_id(_ms(first), self.tag, self.seq)
+        wall = time.time()
+        n = batch.height
+        # Rows arrived evenly over the last batch interval and waited for the batch: their
+        # end-to-end latency honestly includes that wait.
+        created = wall - (n - 1 - np.arange(n)) / self.cfg.rate
+        tx = batch.with_columns(created_at=pl.Series(created)).select(list(schema.TRANSACTIONS))
+        labels = self._labels_due(last)
+        self.eventlog.write("transactions", msg_id, tx, first.date())
+        if labels.height:
+            self.eventlog.write("labels", msg_id, labels, labels["label_ts"][0].date())
+            self.labels.publish(msg_id, labels.select(list(schema.LABELS)))
+        self.raw.publish(msg_id, tx)
+        self.day_idx, self.offset, self.seq, self.watermark = day, offset, self.seq + 1, last
+        self.sim_time = last
+        self.rows_emitted += n
+        self._save_checkpoint()
+        if paced:
+            interval = self.cfg.batch_interval_s
+            self.next_due = max(self.next_due + interval, time.monotonic() - interval)
+        return Outcome(rows=n, batches=1)
+
+    def housekeeping(self) -> None:
+        if self.sim_time is None or time.monotonic() - self._last_prune < 30:
+            return
+        self._last_prune = time.monotonic()
+        keep_from = self.sim_time.date() - dt.timedelta(days=self.cfg.log_retention_days)
+        self.eventlog.prune("transactions", keep_from)
+        self.eventlog.prune("labels", keep_from)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "sim_time": self.sim_time.isoformat() if self.sim_time else None,
+            "source": self.cfg.source,
+            "target_rate": self.cfg.rate,
+        }

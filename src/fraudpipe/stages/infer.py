@@ -1,0 +1,106 @@
+"""infer: features-ready -> inference-results, scored by the current model.
+
+Before the first model exists infer claims nothing: features stay queued, no score is invented.
+Between batches it checks models/current and loads a newly promoted model, so a promotion never
+drops or splits a batch; each result row names the model version that scored it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from fraudpipe import schema
+from fraudpipe.layout import FEATURES, RESULTS
+from fraudpipe.model import OnnxScorer
+from fraudpipe.queue import Claim
+from fraudpipe.registry import ModelRegistry
+from fraudpipe.results import ResultsStore
+from fraudpipe.worker import BatchStage, Context
+
+_PASS_THROUGH = ["transaction_id", "ts", "customer_id", "terminal_id", "amount", "created_at"]
+
+
+class Infer(BatchStage):
+    name = "infer"
+    consumes = (FEATURES,)
+    produces = (RESULTS,)
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.registry = ModelRegistry(ctx.layout.models)
+        self.results = ResultsStore(ctx.layout.results)
+        self.version: str | None = None
+        self.scorer: OnnxScorer | None = None
+        self.feature_names: list[str] = []
+        self.threshold = 0.5
+        self.input_schema = dict(schema.TRANSACTIONS)
+        self._latencies: deque[np.ndarray] = deque(maxlen=20)
+        self.alerts = 0
+        self._last_prune = 0.0
+
+    def ready(self) -> bool:
+        current = self.registry.current()
+        if current is not None and current != self.version:
+            self._load(current)
+        return self.scorer is not None
+
+    def _load(self, version: str) -> None:
+        manifest = self.registry.manifest(version)
+        self.scorer = OnnxScorer(
+            self.registry.onnx_path(version), threads=self.ctx.settings.infer.threads
+        )
+        self.feature_names = list(manifest["feature_names"])
+        configured = self.ctx.settings.infer.threshold
+        self.threshold = float(configured if configured is not None else manifest["threshold"])
+        self.input_schema = {
+            **schema.TRANSACTIONS,
+            **{f: pl.Float64() for f in self.feature_names},
+        }
+        if self.version is not None:
+            self.ctx.metrics.model_info.remove(self.version)
+        self.version = version
+        self.ctx.metrics.model_info.labels(version).set(1)
+        self.ctx.log.info("model.loaded", version=version, threshold=round(self.threshold, 4))
+
+    def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
+        assert self.scorer is not None and self.version is not None
+        scores = self.scorer.score(df.select(self.feature_names).to_numpy().astype(np.float32))
+        scored_at = time.time()
+        latency_ms = (scored_at - df["created_at"].to_numpy()) * 1000.0
+        out = (
+            df.select(_PASS_THROUGH)
+            .with_columns(
+                score=pl.Series(scores, dtype=pl.Float32),
+                is_alert=pl.Series(scores >= self.threshold),
+                model_version=pl.lit(self.version),
+                scored_at=pl.lit(scored_at),
+                latency_ms=pl.Series(latency_ms),
+            )
+            .select(list(schema.RESULTS))
+        )
+        n_alerts = int((scores >= self.threshold).sum())
+        self.alerts += n_alerts
+        self.ctx.metrics.alerts.inc(n_alerts)
+        self.ctx.metrics.e2e_latency.observe_many(latency_ms / 1000.0)
+        self._latencies.append(latency_ms)
+        return {RESULTS: out}
+
+    def housekeeping(self) -> None:
+        q = self.ctx.settings.queue
+        self.results.deliver(self.ctx.queue.topic(RESULTS), q.results_hold_s)
+        if time.monotonic() - self._last_prune > 60:
+            self._last_prune = time.monotonic()
+            self.results.prune(q.results_retention_days)
+
+    def status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"model_version": self.version, "alerts": self.alerts}
+        if self._latencies:
+            recent = np.concatenate(list(self._latencies))
+            p50, p99 = np.percentile(recent, [50, 99])
+            doc["latency_ms"] = {"p50": round(float(p50), 1), "p99": round(float(p99), 1)}
+        return doc

@@ -1,0 +1,344 @@
+"""The worker loop: the same for every stage.
+
+A stage is an object with ``step()``: do one unit of work (one batch) and say what happened.
+The worker calls it in a loop, waits (adaptive polling, plus inotify where it works) when the
+stage is idle, renews the lease of the batch in hand, reaps expired claims, applies retention,
+publishes a status file and metrics, and stops gracefully on SIGTERM: the batch in hand is
+finished, never abandoned half-published.
+
+Modes: ``once`` handles exactly one batch then exits; ``burst`` drains what is there then exits;
+``forever`` is what a pod runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from fraudpipe import durable, schema
+from fraudpipe.config import Settings
+from fraudpipe.layout import Layout
+from fraudpipe.logs import EventLogger, get_logger
+from fraudpipe.metrics import Health, Metrics, serve
+from fraudpipe.queue import Claim, Queue, Topic, Unreadable, producer_id
+from fraudpipe.wake import Waker
+
+
+class Mode(StrEnum):
+    FOREVER = "forever"
+    ONCE = "once"
+    BURST = "burst"
+
+
+@dataclass
+class Outcome:
+    """What one step did. batches == 0 and not finished means idle."""
+
+    rows: int = 0
+    batches: int = 0
+    idle_for: float | None = None  # the stage knows when it will have work (e.g. pacing)
+    finished: bool = False  # a finite source is exhausted
+
+    @property
+    def idle(self) -> bool:
+        return self.batches == 0 and not self.finished
+
+
+@dataclass
+class Context:
+    """What a stage gets from the worker that runs it."""
+
+    settings: Settings
+    layout: Layout
+    queue: Queue
+    metrics: Metrics
+    worker_id: str
+    log: EventLogger
+    stop: threading.Event
+    health: Health
+    device: str = "cpu"
+    mode: Mode = Mode.FOREVER
+
+
+class Stage(ABC):
+    name: str
+    consumes: tuple[str, ...] = ()
+    produces: tuple[str, ...] = ()
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.current: Claim | None = None  # the claim in hand, whose lease the worker renews
+
+    @abstractmethod
+    def step(self) -> Outcome: ...
+
+    def housekeeping(self) -> None:  # noqa: B027 - optional hook, most stages have none
+        """Stage-specific retention, run now and then from the worker's background thread."""
+
+    def status(self) -> dict[str, Any]:
+        """Stage-specific facts for the status file (measured values only)."""
+        return {}
+
+
+class BatchStage(Stage):
+    """claim -> read -> validate -> transform -> publish -> ack, with every failure path."""
+
+    input_schema: dict[str, pl.DataType]
+
+    def ready(self) -> bool:
+        """False while the stage cannot work yet (e.g. no model): batches stay queued."""
+        return True
+
+    def validate(self, df: pl.DataFrame) -> pl.DataFrame:
+        return schema.check(df, self.input_schema, f"{self.consumes[0]} batch")
+
+    @abstractmethod
+    def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
+        """Return {output topic: batch}; published under the input's id."""
+
+    def step(self) -> Outcome:
+        ctx = self.ctx
+        outputs = [ctx.queue.topic(t) for t in self.produces]
+        if any(t.over_backlog() for t in outputs):
+            # Backpressure: leave the input queued until downstream catches up.
+            return Outcome(idle_for=self.ctx.settings.queue.poll_max_s)
+        if not self.ready():
+            return Outcome()
+        topic = ctx.queue.topic(self.consumes[0])
+        claim = topic.claim(ctx.worker_id)
+        if claim is None:
+            return Outcome()
+        self.current = claim
+        started = time.perf_counter()
+        try:
+            return self._handle(topic, claim, started)
+        finally:
+            self.current = None
+
+    def _handle(self, topic: Topic, claim: Claim, started: float) -> Outcome:
+        ctx, stage = self.ctx, self.name
+        try:
+            df = self.validate(topic.read(claim))
+        except (Unreadable, schema.SchemaMismatch) as exc:
+            # Deterministic: retrying cannot help. Dead-letter now, with the reason.
+            topic.dead_letter(claim, str(exc))
+            ctx.metrics.batches.labels(stage, "dead").inc()
+            ctx.log.warning("batch.dead", id=claim.id, topic=topic.name, reason=str(exc))
+            return Outcome(batches=1)
+        except FileNotFoundError:
+            ctx.metrics.lease_lost.labels(stage).inc()
+            ctx.log.warning("batch.lease_lost", id=claim.id, topic=topic.name)
+            return Outcome()
+        try:
+            produced = self.transform(df, claim)
+            for out_topic, out_df in produced.items():
+                ctx.queue.topic(out_topic).publish(claim.id, out_df)
+        except Exception as exc:
+            ctx.metrics.errors.labels(stage).inc()
+            outcome = topic.release(
+                claim, f"{type(exc).__name__}: {exc}", detail=traceback.format_exc()
+            )
+            ctx.metrics.batches.labels(stage, "dead" if outcome == "dead" else "failed").inc()
+            ctx.log.error("batch.failed", exc_info=True, id=claim.id, outcome=outcome)
+            return Outcome(batches=1)
+        if not topic.ack(claim):
+            ctx.metrics.lease_lost.labels(stage).inc()
+            ctx.log.warning(
+                "batch.lease_lost",
+                id=claim.id,
+                topic=topic.name,
+                note="output was published under the same id; nothing duplicates",
+            )
+        seconds = time.perf_counter() - started
+        ctx.metrics.rows.labels(stage).inc(df.height)
+        ctx.metrics.batches.labels(stage, "ok").inc()
+        ctx.metrics.batch_seconds.labels(stage).observe(seconds)
+        ctx.log.debug("batch.done", id=claim.id, rows=df.height, seconds=round(seconds, 4))
+        return Outcome(rows=df.height, batches=1)
+
+
+@dataclass
+class _Rates:
+    """Rows/s over a sliding window, measured from this worker's own counters."""
+
+    window_s: float = 10.0
+    samples: list[tuple[float, int]] = field(default_factory=list)
+
+    def add(self, now: float, total: int) -> float:
+        self.samples.append((now, total))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window_s:
+            self.samples.pop(0)
+        t0, n0 = self.samples[0]
+        return (total - n0) / (now - t0) if now > t0 else 0.0
+
+
+class Worker:
+    """Runs one stage in this process."""
+
+    def __init__(self, settings: Settings, stage_name: str, device: str, mode: Mode) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.layout = Layout(settings.data_dir)
+        self.stop = threading.Event()
+        self.metrics = Metrics()
+        self.worker_id = producer_id(stage_name)
+        self.health = Health(stale_after_s=max(60.0, settings.queue.lease_s * 2))
+        self.ctx = Context(
+            settings=settings,
+            layout=self.layout,
+            queue=Queue(self.layout.queue, settings.queue),
+            metrics=self.metrics,
+            worker_id=self.worker_id,
+            log=get_logger(stage_name),
+            stop=self.stop,
+            health=self.health,
+            device=device,
+            mode=mode,
+        )
+        from fraudpipe.stages import build
+
+        self.stage = build(stage_name, self.ctx)
+        self.totals = {"rows": 0, "batches": 0}
+        self.started_at = time.time()
+        self.finished = False
+        self.port: int | None = None
+        self._rates = _Rates()
+        self._status_path = self.layout.status / f"{self.worker_id}.json"
+
+    # -- background: lease renewal, reaping, retention, status --------------------------------
+
+    def _background(self) -> None:
+        q = self.settings.queue
+        renew_every = max(0.2, q.lease_s / 4)
+        reap_every = max(0.5, min(q.lease_s / 2, 5.0))
+        last_renew = last_reap = 0.0
+        while not self.stop.wait(0.2):
+            now = time.monotonic()
+            claim = self.stage.current
+            if claim is not None and now - last_renew >= renew_every:
+                if not self.ctx.queue.topic(claim.topic).renew(claim):
+                    self.ctx.log.warning("lease.lost", id=claim.id)
+                last_renew = now
+            if now - last_reap >= reap_every:
+                last_reap = now
+                try:
+                    self._housekeeping()
+                except Exception:  # housekeeping must never kill the worker
+                    self.ctx.log.error("housekeeping.failed", exc_info=True)
+            try:
+                self._write_status()
+            except OSError:
+                self.ctx.log.error("status.write_failed", exc_info=True)
+
+    def _housekeeping(self) -> None:
+        queue = self.ctx.queue
+        for name in self.stage.consumes:
+            topic = queue.topic(name)
+            moved = topic.reap()
+            if moved:
+                self.metrics.reaped.labels(name).inc(moved)
+                self.ctx.log.info("reaper.returned", topic=name, batches=moved)
+        for name in set(self.stage.consumes + self.stage.produces):
+            topic = queue.topic(name)
+            topic.expire_done()
+            topic.clean_tmp()
+            st = topic.stats()
+            for state in ("pending", "claimed", "dead"):
+                self.metrics.queue_depth.labels(name, state).set(getattr(st, state))
+        self.stage.housekeeping()
+
+    def _write_status(self) -> None:
+        now = time.time()
+        doc = {
+            "worker": self.worker_id,
+            "stage": self.stage.name,
+            "device": self.ctx.device,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "heartbeat_at": now,
+            "rows": self.totals["rows"],
+            "batches": self.totals["batches"],
+            "rows_per_s": round(self._rates.add(now, self.totals["rows"]), 1),
+            "current": self.stage.current.id if self.stage.current else None,
+            "finished": self.finished,
+            "metrics_port": self.port,
+            **self.stage.status(),
+        }
+        durable.write_json(self._status_path, doc, fsync=False)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
+            self.ctx.log.info("worker.stopping", signal=signal.Signals(signum).name)
+            self.stop.set()
+            self.waker.wake()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> int:
+        s = self.settings
+        self.layout.status.mkdir(parents=True, exist_ok=True)
+        watch_dirs = [self.ctx.queue.topic(t).dir("pending") for t in self.stage.consumes]
+        self.waker = Waker(watch_dirs, s.queue.watch, self.ctx.log)
+        self._install_signals()
+        self.port = serve(self.metrics, self.health, s.metrics.host, s.metrics.port)
+        bg = threading.Thread(target=self._background, name="housekeeping", daemon=True)
+        bg.start()
+        self.ctx.log.info(
+            "worker.started",
+            worker=self.worker_id,
+            stage=self.stage.name,
+            device=self.ctx.device,
+            mode=self.mode.value,
+            port=self.port,
+            data_dir=str(s.data_dir),
+            watch=self.waker.active,
+        )
+        poll = s.queue.poll_min_s
+        try:
+            while not self.stop.is_set():
+                self.health.tick()
+                outcome = self.stage.step()
+                self.totals["rows"] += outcome.rows
+                self.totals["batches"] += outcome.batches
+                if self.mode is Mode.ONCE and outcome.batches:
+                    break
+                if outcome.finished:
+                    self.finished = True
+                    if self.mode is not Mode.FOREVER:
+                        break
+                if outcome.batches:
+                    poll = s.queue.poll_min_s
+                    continue
+                if self.mode is Mode.BURST and outcome.idle_for is None:
+                    break  # drained
+                wait = (
+                    poll if outcome.idle_for is None else min(outcome.idle_for, s.queue.poll_max_s)
+                )
+                self.waker.wait(wait)
+                poll = min(poll * 2, s.queue.poll_max_s)
+        finally:
+            self.stop.set()
+            bg.join(timeout=5)
+            self.waker.close()
+            self._status_path.unlink(missing_ok=True)
+            self.ctx.log.info("worker.stopped", worker=self.worker_id, **self.totals)
+        return 0
+
+
+def status_files(status_dir: Path) -> list[Path]:
+    return sorted(status_dir.glob("*.json")) if status_dir.is_dir() else []

@@ -1,0 +1,83 @@
+"""One configuration model: source order and errors that name the field (exit code 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fraudpipe.config import ConfigError, load_settings
+from tests.conftest import fraudpipe
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.queue.lease_s == 30 and s.gather.label_delay_days == 7
+    assert s.features.windows_days == [1, 7, 30]
+
+
+def test_source_order_defaults_yaml_env_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("queue:\n  lease_s: 11\n  max_attempts: 7\ngather:\n  rate: 500\n")
+    s = load_settings(cfg)
+    assert (s.queue.lease_s, s.queue.max_attempts, s.gather.rate) == (11, 7, 500)
+    monkeypatch.setenv("FRAUDPIPE_QUEUE__LEASE_S", "12")
+    monkeypatch.setenv("FRAUDPIPE_GATHER__SIMULATOR__SEED", "9")
+    s = load_settings(cfg)
+    assert (s.queue.lease_s, s.queue.max_attempts, s.gather.simulator.seed) == (12, 7, 9)
+    s = load_settings(cfg, {"queue.lease_s": 13, "gather.rate": None})
+    assert (s.queue.lease_s, s.gather.rate) == (13, 500)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("queue:\n  lease_s: abc\n", ["queue.lease_s", "'abc'", "valid number"]),
+        ("queue:\n  max_attempts: 0\n", ["queue.max_attempts", "0", "greater than or equal to 1"]),
+        ("gather:\n  source: kafka\n", ["gather.source", "'kafka'", "simulator", "replay"]),
+        ("queue:\n  leese_s: 3\n", ["queue.leese_s", "unknown field"]),
+        ("gather:\n  source: replay\n", ["replay.path is not set"]),
+        ("- a list\n", ["must hold a mapping"]),
+    ],
+)
+def test_bad_values_name_field_value_and_expectation(
+    tmp_path: Path, yaml_text: str, expected: list[str]
+) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    for text in expected:
+        assert text in str(info.value)
+
+
+def test_cli_exits_2_naming_the_field(tmp_path: Path) -> None:
+    proc = fraudpipe(
+        "worker",
+        "--stage=gather",
+        "--data-dir",
+        str(tmp_path),
+        "--once",
+        env={"FRAUDPIPE_QUEUE__LEASE_S": "-1"},
+    )
+    assert proc.returncode == 2
+    assert "queue.lease_s = '-1'" in proc.stderr and "greater than 0" in proc.stderr
+    assert "FRAUDPIPE_QUEUE__LEASE_S" in proc.stderr
+
+
+def test_cli_rejects_unknown_stage_and_missing_config(tmp_path: Path) -> None:
+    proc = fraudpipe("worker", "--stage=fetch")
+    assert proc.returncode == 2 and "--stage must be one of" in proc.stderr
+    proc = fraudpipe("config", "--config", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_gpu_without_gpu_stack_exits_2_saying_what_is_missing(tmp_path: Path) -> None:
+    proc = fraudpipe(
+        "worker", "--stage=preprocess", "--device=gpu", "--once", "--data-dir", str(tmp_path)
+    )
+    assert proc.returncode == 2
+    assert "--device=gpu for stage 'preprocess'" in proc.stderr
+    assert "cupy" in proc.stderr
