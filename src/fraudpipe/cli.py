@@ -188,21 +188,20 @@ def queue_ls(
 ) -> None:
     """List the messages of a topic in one state (dead letters by default, with reasons)."""
     t = _topic(_queue(config, data_dir), topic)
+    # Plain lines (no table): reasons are long and people grep them.
     if state == "dead":
         dls = t.dead_letters()
-        table = Table("id", "attempts", "reason", title=f"{topic}: {len(dls)} dead letter(s)")
+        typer.echo(f"# {topic}: {len(dls)} dead letter(s): id, attempts, reason")
         for dl in dls:
-            table.add_row(
-                dl.id, str(dl.reason.get("attempts", dl.attempt + 1)), str(dl.reason.get("reason"))
-            )
+            attempts = dl.reason.get("attempts", dl.attempt + 1)
+            typer.echo(f"{dl.id}\t{attempts}\t{dl.reason.get('reason')}")
     elif state in ("pending", "claimed"):
         msgs = t.pending() if state == "pending" else t.claims()
-        table = Table("id", "attempt", "consumer", title=f"{topic}: {len(msgs)} {state}")
+        typer.echo(f"# {topic}: {len(msgs)} {state}: id, attempt, consumer")
         for m in msgs:
-            table.add_row(m.id, str(m.attempt), getattr(m, "consumer", ""))
+            typer.echo(f"{m.id}\t{m.attempt}\t{getattr(m, 'consumer', '')}")
     else:
         fail(f"--state must be pending, claimed or dead; got {state!r}")
-    console.print(table)
 
 
 @queue_app.command("inspect")

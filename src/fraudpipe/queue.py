@@ -221,7 +221,7 @@ class Topic:
         except FileNotFoundError:
             raise
         except Exception as exc:  # polars/arrow raise many types for a bad file
-            raise Unreadable(f"cannot read {msg.path.name} as Parquet: {exc}") from exc
+            raise Unreadable(f"cannot read batch {msg.id} as Parquet: {exc}") from exc
 
     def renew(self, claim: Claim) -> bool:
         """Extend the lease; False if the claim is gone (reaped: the lease was lost)."""

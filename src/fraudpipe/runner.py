@@ -25,11 +25,11 @@ from rich.live import Live
 from rich.table import Table
 
 from fraudpipe.config import STAGES, Settings
-from fraudpipe.layout import FEATURES, RAW, RESULTS, TOPICS, Layout
+from fraudpipe.layout import FEATURES, LABELS, RAW, RESULTS, TOPICS, Layout
 from fraudpipe.queue import Queue
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.results import ResultsStore
-from fraudpipe.worker import status_files
+from fraudpipe.worker import read_status
 
 START_ORDER = ("train", "infer", "preprocess", "gather")  # consumers first
 STOP_GRACE_S = 20.0
@@ -170,17 +170,17 @@ class Supervisor:
             self.stopping = stopping
 
     def workers(self) -> list[dict[str, Any]]:
-        docs = []
-        for path in status_files(self.layout.status):
-            try:
-                docs.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue  # being replaced right now
-        return docs
+        return read_status(self.layout.status)
 
     def stream_complete(self) -> bool:
+        """A finite stream (gather.days, or a replay) was emitted and everything was scored."""
         gathers = [w for w in self.workers() if w["stage"] == "gather"]
-        return bool(gathers) and all(w.get("finished") for w in gathers) and self.drained()
+        if not gathers or not all(w.get("finished") for w in gathers):
+            return False
+        return all(
+            not (st.pending or st.claimed)
+            for st in (self.queue.topic(t).stats() for t in (RAW, LABELS, FEATURES))
+        )
 
     def snapshot(self) -> dict[str, Any]:
         workers = self.workers()
@@ -306,7 +306,7 @@ def run_pipeline(
                 live.update(sup.render(snap))
             elif time.monotonic() - last_line >= 5:
                 last_line = time.monotonic()
-                console.print(json.dumps({"event": "run.progress", **snap}, default=str))
+                print(json.dumps({"event": "run.progress", **snap}, default=str), flush=True)
             if sup.stream_complete():
                 break
             time.sleep(0.5)

@@ -12,6 +12,8 @@ Modes: ``once`` handles exactly one batch then exits; ``burst`` drains what is t
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -33,6 +35,9 @@ from fraudpipe.logs import EventLogger, get_logger
 from fraudpipe.metrics import Health, Metrics, serve
 from fraudpipe.queue import Claim, Queue, Topic, Unreadable, producer_id
 from fraudpipe.wake import Waker
+
+STATUS_EVERY_S = 1.0
+STATUS_STALE_S = 10.0
 
 
 class Mode(StrEnum):
@@ -222,7 +227,7 @@ class Worker:
         q = self.settings.queue
         renew_every = max(0.2, q.lease_s / 4)
         reap_every = max(0.5, min(q.lease_s / 2, 5.0))
-        last_renew = last_reap = 0.0
+        last_renew = last_reap = last_status = 0.0
         while not self.stop.wait(0.2):
             now = time.monotonic()
             claim = self.stage.current
@@ -236,10 +241,12 @@ class Worker:
                     self._housekeeping()
                 except Exception:  # housekeeping must never kill the worker
                     self.ctx.log.error("housekeeping.failed", exc_info=True)
-            try:
-                self._write_status()
-            except OSError:
-                self.ctx.log.error("status.write_failed", exc_info=True)
+            if now - last_status >= STATUS_EVERY_S:
+                last_status = now
+                try:
+                    self._write_status()
+                except OSError:
+                    self.ctx.log.error("status.write_failed", exc_info=True)
 
     def _housekeeping(self) -> None:
         queue = self.ctx.queue
@@ -256,6 +263,7 @@ class Worker:
             st = topic.stats()
             for state in ("pending", "claimed", "dead"):
                 self.metrics.queue_depth.labels(name, state).set(getattr(st, state))
+        remove_stale_status(self.layout.status, older_than_s=STATUS_STALE_S * 6)
         self.stage.housekeeping()
 
     def _write_status(self) -> None:
@@ -340,5 +348,24 @@ class Worker:
         return 0
 
 
-def status_files(status_dir: Path) -> list[Path]:
-    return sorted(status_dir.glob("*.json")) if status_dir.is_dir() else []
+def read_status(status_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
+    """Status of the live workers: files whose heartbeat is older than STATUS_STALE_S belong
+    to workers that died without cleaning up (SIGKILL, node loss) and are left out."""
+    now = time.time() if now is None else now
+    docs = []
+    for path in sorted(status_dir.glob("*.json")) if status_dir.is_dir() else []:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced right now
+        if now - float(doc.get("heartbeat_at", 0)) <= STATUS_STALE_S:
+            docs.append(doc)
+    return docs
+
+
+def remove_stale_status(status_dir: Path, older_than_s: float) -> None:
+    now = time.time()
+    for path in status_dir.glob("*.json"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - path.stat().st_mtime > older_than_s:
+                path.unlink()

@@ -22,7 +22,7 @@ from fraudpipe.training import run_training
 from fraudpipe.worker import Context, Mode, Outcome, Stage
 
 TRIGGER = "train-now"
-_RETRY_WITHOUT_MODEL_S = 10.0
+_RETRY_WITHOUT_MODEL_S = 5.0
 
 
 class Train(Stage):

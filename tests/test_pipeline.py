@@ -1,0 +1,132 @@
+"""The whole pipeline as real processes (`fraudpipe run`): replicas, bad input, SIGKILL chaos."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from fraudpipe.layout import FEATURES, RAW, TOPICS
+from fraudpipe.worker import read_status
+from tests.pipeline import assert_exactly_once, queue_states, small_config
+
+pytestmark = pytest.mark.slow
+
+
+def start_run(data: Path, cfg: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fraudpipe",
+            "run",
+            "--data-dir",
+            str(data),
+            "--config",
+            str(cfg),
+            "--replicas",
+            "preprocess=2",
+            "--replicas",
+            "infer=2",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> dict[str, object]:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    start = out.rindex("\n{\n")  # the final summary is the last JSON document
+    return json.loads(out[start:])
+
+
+def wait_for(predicate: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def test_replicas_score_every_transaction_exactly_once(tmp_path: Path) -> None:
+    cfg, data = small_config(tmp_path, days=24, rate=20000), tmp_path / "data"
+    proc = start_run(data, cfg, "--duration", "240")
+    try:
+        wait_for(lambda: len(read_status(data / "status")) == 6, 60)
+        stages = sorted(w["stage"] for w in read_status(data / "status"))
+        assert stages == ["gather", "infer", "infer", "preprocess", "preprocess", "train"]
+        # Operators' worst case: garbage dropped into live topics. It must not stop the flow.
+        (data / "queue" / RAW / "pending" / "0000000000001-junk-00000001~0.parquet").write_bytes(
+            b"\x00" * 100
+        )
+        pl.DataFrame({"what": ["not features"]}).write_parquet(
+            data / "queue" / FEATURES / "pending" / "0000000000002-junk-00000002~0.parquet"
+        )
+        summary = finish(proc, 300)
+    finally:
+        proc.kill()
+    df = assert_exactly_once(data, cfg)
+    assert summary["generated"] == summary["scored"] == df.height
+    assert summary["model"] is not None and summary["alerts"] > 0
+    states = queue_states(data, cfg)
+    assert states[RAW]["dead"] == 1 and states[FEATURES]["dead"] == 1
+    assert all(states[t]["claimed"] == 0 for t in TOPICS)
+    # Both replicas of each scaled stage really worked.
+    logs = data / "run" / "logs"
+    for name in ("preprocess-0", "preprocess-1", "infer-0", "infer-1"):
+        assert '"batch.done"' in (logs / f"{name}.log").read_text() or _worked(logs / f"{name}.log")
+
+
+def _worked(log: Path) -> bool:
+    """A worker's stop line reports the batches it handled."""
+    for line in log.read_text().splitlines():
+        if '"worker.stopped"' in line and json.loads(line).get("batches", 0) > 0:
+            return True
+    return False
+
+
+def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    cfg, data = small_config(tmp_path, days=40, rate=5000, lease_s=2), tmp_path / "data"
+    proc = start_run(data, cfg, "--duration", "300")
+    rng = random.Random(11)
+    killed: dict[str, int] = {}
+    try:
+        wait_for(lambda: len(read_status(data / "status")) == 6, 60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(rng.uniform(0.4, 1.2))
+            live = read_status(data / "status")
+            # Every stage gets its share of kills, whatever it is doing at that moment.
+            todo = [w for w in live if killed.get(w["stage"], 0) < 4] or live
+            if not todo:
+                continue
+            victim = rng.choice(todo)
+            try:
+                os.kill(int(victim["pid"]), signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            killed[victim["stage"]] = killed.get(victim["stage"], 0) + 1
+        summary = finish(proc, 300)
+    finally:
+        proc.kill()
+    assert set(killed) == {"gather", "preprocess", "train", "infer"}, killed
+    assert min(killed.values()) >= 2 and sum(killed.values()) >= 12, killed
+    assert int(summary["restarts"]) >= 12  # type: ignore[call-overload]
+    assert_exactly_once(data, cfg)
+    states = queue_states(data, cfg)
+    assert all(states[t]["claimed"] == 0 for t in TOPICS), states
+    assert all(states[t]["dead"] == 0 for t in TOPICS), states

@@ -1,0 +1,120 @@
+"""Each stage run by hand, as a person debugging it would: --once, --burst, dead letters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from fraudpipe.layout import FEATURES, RAW, RESULTS
+from tests.conftest import fraudpipe
+from tests.pipeline import assert_exactly_once, queue_states, small_config
+
+
+def stage(name: str, mode: str, data: Path, cfg: Path) -> None:
+    fraudpipe(
+        "worker",
+        f"--stage={name}",
+        mode,
+        "--data-dir",
+        str(data),
+        "--config",
+        str(cfg),
+        "--port",
+        "0",
+        check=True,
+    )
+
+
+def pending(data: Path, topic: str) -> list[Path]:
+    return sorted((data / "queue" / topic / "pending").glob("*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def debugged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """gather --burst, preprocess --once then --burst, train --once, infer --burst."""
+    tmp = tmp_path_factory.mktemp("stages")
+    cfg, data = small_config(tmp, days=16), tmp / "data"
+    stage("gather", "--burst", data, cfg)
+    raw = pending(data, RAW)
+    assert len(raw) > 5
+    stage("preprocess", "--once", data, cfg)
+    assert len(pending(data, RAW)) == len(raw) - 1, "--once handles exactly one batch"
+    assert len(pending(data, FEATURES)) == 1
+    # Corrupt and schema-mismatched batches among the good ones.
+    queue = data / "queue" / RAW / "pending"
+    (queue / "0000000000001-bad-00000001~0.parquet").write_bytes(b"PAR1 this is not parquet")
+    pl.DataFrame({"transaction_id": [1, 2], "amount": [3.0, 4.0]}).write_parquet(
+        queue / "0000000000002-bad-00000002~0.parquet"
+    )
+    stage("preprocess", "--burst", data, cfg)
+    assert pending(data, RAW) == [], "--burst drains"
+    assert len(pending(data, FEATURES)) == len(raw)
+    stage("infer", "--burst", data, cfg)
+    assert len(pending(data, FEATURES)) == len(raw), "no model yet: features stay queued"
+    stage("train", "--once", data, cfg)
+    assert (data / "models" / "current").exists()
+    stage("infer", "--burst", data, cfg)
+    return data, cfg
+
+
+def test_once_burst_and_the_first_model_score_everything(debugged: tuple[Path, Path]) -> None:
+    data, cfg = debugged
+    df = assert_exactly_once(data, cfg)
+    assert pending(data, FEATURES) == []
+    assert df["model_version"].n_unique() == 1
+    assert df["score"].is_between(0, 1).all() and df["is_alert"].any()
+    assert (df["latency_ms"] > 0).all()
+
+
+def test_bad_batches_become_dead_letters_with_reasons(debugged: tuple[Path, Path]) -> None:
+    data, cfg = debugged
+    states = queue_states(data, cfg)
+    assert states[RAW]["dead"] == 2 and states[RAW]["pending"] == 0
+    assert states[FEATURES]["dead"] == 0 and states[RESULTS]["dead"] == 0
+    listing = fraudpipe(
+        "queue", "ls", RAW, "--data-dir", str(data), "--config", str(cfg), check=True
+    ).stdout
+    assert "cannot read batch 0000000000001-bad-00000001 as Parquet" in listing
+    assert "missing column(s)" in listing and "'ts'" in listing
+    shown = fraudpipe(
+        "queue",
+        "inspect",
+        RAW,
+        "0000000000002-bad-00000002",
+        "--data-dir",
+        str(data),
+        "--config",
+        str(cfg),
+        check=True,
+    ).stdout
+    assert '"state": "dead"' in shown and "2 rows" in shown
+    stats = fraudpipe(
+        "queue", "stats", "--json", "--data-dir", str(data), "--config", str(cfg), check=True
+    ).stdout
+    assert '"dead": 2' in stats
+
+
+def test_model_commands(debugged: tuple[Path, Path]) -> None:
+    data, _ = debugged
+    listing = fraudpipe("model", "ls", "--data-dir", str(data), check=True).stdout
+    assert "promoted" in listing and "*" in listing
+    shown = fraudpipe("model", "show", "--data-dir", str(data), check=True).stdout
+    assert '"feature_names"' in shown
+    rb = fraudpipe("model", "rollback", "--data-dir", str(data))
+    assert rb.returncode == 1 and "error:" in rb.stderr  # nothing to roll back to
+
+
+def test_requeue_and_purge(tmp_path: Path) -> None:
+    cfg, data = small_config(tmp_path, days=2), tmp_path / "data"
+    stage("gather", "--burst", data, cfg)
+    bad = data / "queue" / RAW / "pending" / "0000000000001-bad-00000001~0.parquet"
+    bad.write_bytes(b"junk")
+    stage("preprocess", "--burst", data, cfg)
+    args = ["--data-dir", str(data), "--config", str(cfg)]
+    fraudpipe("queue", "requeue", RAW, "0000000000001-bad-00000001", *args, check=True)
+    assert bad.exists()
+    stage("preprocess", "--burst", data, cfg)
+    fraudpipe("queue", "purge", RAW, "--all", "--yes", *args, check=True)
+    assert queue_states(data, cfg)[RAW]["dead"] == 0
