@@ -52,7 +52,10 @@ class QueueSettings(_Section):
         "to results/ (its durable, date-partitioned home).",
     )
     results_retention_days: int = Field(
-        30, ge=1, description="Date partitions of results/ older than this are deleted."
+        30,
+        ge=1,
+        description="Date partitions of results/ not written to for this many wall-clock "
+        "days are deleted (a disk policy: event dates of a fast stream do not count).",
     )
     poll_min_s: float = Field(0.01, gt=0, description="Shortest idle poll interval.")
     poll_max_s: float = Field(0.5, gt=0, description="Longest idle poll interval (backoff cap).")

@@ -52,22 +52,19 @@ class ResultsStore:
             return []
         return sorted(self.root.glob(f"{PARTITION}*/*{SUFFIX}"))
 
-    def prune(self, keep_days: int, today: dt.date | None = None) -> int:
-        """Delete date partitions older than keep_days before the newest partition."""
-        days = sorted(
-            dt.date.fromisoformat(p.name[len(PARTITION) :])
-            for p in self.root.glob(f"{PARTITION}*")
-            if p.is_dir()
-        )
-        if not days:
-            return 0
-        newest = today or days[-1]
+    def prune(self, keep_days: float, now: float | None = None) -> int:
+        """Delete date partitions not written to for keep_days of wall-clock time.
+
+        Retention is a disk-space policy, so it runs on wall-clock time (a partition's last
+        write), never on event dates: a simulated or replayed stream may cover months an hour.
+        """
+        now = time.time() if now is None else now
         removed = 0
-        for day in days:
-            if (newest - day).days > keep_days:
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(self.root / f"{PARTITION}{day.isoformat()}")
-                removed += 1
+        for part in self.root.glob(f"{PARTITION}*"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.is_dir() and now - part.stat().st_mtime > keep_days * 86400:
+                    shutil.rmtree(part)
+                    removed += 1
         return removed
 
 
