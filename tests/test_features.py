@@ -158,13 +158,32 @@ def test_matches_naive_reference_property(
         )
     )
     ids = data.draw(st.permutations(range(len(rows))))
+    spread = data.draw(st.sampled_from([1, 3 * 10**18]))  # huge keys: dense key codes
     ts = [START + dt.timedelta(hours=6 * s) for s, *_ in rows]
-    tx = make_tx(ts, list(ids), [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
+    cust = [(r[1] - 1) * spread for r in rows]
+    term = [(r[2] - 1) * spread for r in rows]
+    tx = make_tx(ts, list(ids), cust, term, [r[3] for r in rows])
     picks = data.draw(
         st.lists(st.tuples(st.integers(0, len(rows) - 1), st.integers(0, 1), st.integers(0, 30)))
     )
     labels = make_labels([(ids[k], f, ts[k] + dt.timedelta(hours=6 * d)) for k, f, d in picks])
     assert_frame_equal(compute_features(tx, labels, cfg), naive(tx, labels, cfg))
+
+
+@pytest.mark.parametrize("spread", [1, 10**18])
+def test_keys_without_history(spread: int) -> None:
+    """Terminals below, above and between those in a row's window count nothing."""
+    cfg = FeatureSettings(windows_days=[1, 2], terminal_delay_days=1)
+    far = 4 * 10**18  # codes for far-off keys must not overflow
+    ts = [START + dt.timedelta(hours=h) for h in (0, 1, 30, 31, 32, 33, 34, 35)]
+    term = [k * spread for k in (5, 7, 5, 1, 9, 6)] + [far, -far]
+    ids = [1, 2, 3, 4, 5, 6, 7, 8]
+    tx = make_tx(ts, ids, [0, 0, 1, 1, 2, 2, 3, 3], term, [100, 250, 300, 5, 7, 9, 1, 2])
+    labels = make_labels([(1, 1, ts[0]), (2, 1, ts[4])])
+    out = compute_features(tx, labels, cfg)
+    assert out["terminal_nb_tx_2d"].to_list() == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert out["terminal_risk_2d"].to_list() == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert_frame_equal(out, naive(tx, labels, cfg))
 
 
 def test_key_overflow_falls_back_to_time_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,6 +240,10 @@ def test_output_columns_and_query_order() -> None:
         compute_features(tx, labels, cfg, query_ids=pl.Series([-1]))
     with pytest.raises(ValueError, match="unique"):
         compute_features(pl.concat([tx, tx.head(1)]), labels, cfg)
+    with pytest.raises(ValueError, match="null"):
+        compute_features(tx.with_columns(customer_id=pl.lit(None, pl.Int64)), labels, cfg)
+    with pytest.raises(ValueError, match="finite"):
+        compute_features(tx.with_columns(amount=float("nan")), labels, cfg)
 
 
 def test_weekend_and_night_flags() -> None:
@@ -365,13 +388,17 @@ def test_streaming_equals_offline(tmp_path: Path, cfg: FeatureSettings) -> None:
         got[k] = out
     assert_frame_equal(pl.concat([got[k] for k in range(len(batches))]), expected)
 
+    # one replica: newest batch first, then the oldest (history evicted, reloaded), then middle
+    late = StreamingFeatures(log, cfg)
+    for k in (len(batches) - 1, 0, len(batches) // 2, 1):
+        assert_frame_equal(late.compute(batches[k]), got[k])
 
-def test_streaming_reads_each_file_once_in_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+
+def test_streaming_follows_a_growing_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In order, with gather one batch ahead: each log file is read once, old rows evicted."""
     tx, labels = simulate(12, days=6, per_day=100)
     log = EventLog(Layout(tmp_path), fsync=False)
-    batches = write_log(log, tx, labels, [50] * 12)
+    batches = [tx.slice(k, 50) for k in range(0, tx.height, 50)]
     reads: list[str] = []
     real = pl.read_parquet
 
@@ -381,7 +408,13 @@ def test_streaming_reads_each_file_once_in_order(
 
     monkeypatch.setattr(pl, "read_parquet", counting)
     stream = StreamingFeatures(log, SMALL)
-    out = pl.concat([stream.compute(b) for b in batches])
+    out = []
+    for k, batch in enumerate(batches):
+        write_log(log, tx, labels, [50] * (k + 2))  # rewrites are identical, like gather's
+        out.append(stream.compute(batch))
+        # rows older than the lookback are evicted (the cache is private: peek, to check)
+        held = pl.concat(p.rows for p in stream._tx._parts.values() if p.rows.height)
+        assert held["ts"].min() > batch["ts"].min() - lookback(SMALL)
     assert len(reads) == len(set(reads))
-    assert_frame_equal(out, compute_features(tx.head(600), labels, SMALL))
-    assert stream.compute(batches[0].head(0)).columns == out.columns
+    assert_frame_equal(pl.concat(out), compute_features(tx, labels, SMALL))
+    assert stream.compute(batches[0].head(0)).columns == out[0].columns

@@ -11,9 +11,10 @@ Per transaction i (time t, id) and window w in ``cfg.windows_days``, with D the 
   (label_ts_j <= t), 0.0 when there are none. No feature ever sees a label before it arrives.
 
 Everything is counted with sorted arrays and binary searches over int64 (key, time) codes,
-never per row, and amounts are summed in integer cents. So a feature does not depend on which
-older rows the history happens to hold: :func:`compute_features` over the whole history and
-:class:`StreamingFeatures` over one batch and its slice of the event log agree to the bit.
+never per row, and amounts are summed in integer cents (amounts count to the cent). So a
+feature does not depend on which older rows the history happens to hold:
+:func:`compute_features` over the whole history and :class:`StreamingFeatures` over one batch
+and its slice of the event log agree to the bit.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from fraudpipe.schema import LABELS, TRANSACTIONS, check
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
-Mask = npt.NDArray[np.bool_]
 
 _DAY_US = 86_400_000_000
+_EPOCH = dt.datetime(1970, 1, 1)
 _KEY_LIMIT = 2**63 - 1  # (key, time) codes must stay below this to fit in int64
 
 
@@ -68,6 +69,19 @@ def _output_schema(cfg: FeatureSettings) -> dict[str, pl.DataType]:
     return {**TRANSACTIONS, **{n: pl.Float64() for n in extra}}
 
 
+def _valid(tx: pl.DataFrame, what: str) -> pl.DataFrame:
+    """tx as TRANSACTIONS columns; raise ValueError on nulls, non-finite amounts, repeated ids."""
+    tx = check(tx, TRANSACTIONS, what)
+    nulls = [c for c, n in tx.drop("created_at").null_count().row(0, named=True).items() if n]
+    if nulls:
+        raise ValueError(f"{what}: null values in {nulls}")
+    if not tx["amount"].is_finite().all():
+        raise ValueError(f"{what}: amount must be finite")
+    if tx["transaction_id"].n_unique() != tx.height:
+        raise ValueError(f"{what}: transaction_id must be unique")
+    return tx
+
+
 def compute_features(
     tx: pl.DataFrame,
     labels: pl.DataFrame,
@@ -81,11 +95,8 @@ def compute_features(
     counts as fraud from its first fraud label). Returns the TRANSACTIONS columns followed by
     the features, in the order of tx, or of query_ids when given.
     """
-    tx = check(tx, TRANSACTIONS, "transactions")
+    tx = _valid(tx, "transactions")
     labels = check(labels, LABELS, "labels")
-    ids = tx["transaction_id"]
-    if ids.is_duplicated().any():
-        raise ValueError("compute_features: transaction_id must be unique in tx")
     if query_ids is None:
         rows = np.arange(tx.height, dtype=np.int64)
     else:
@@ -135,32 +146,40 @@ def _compute(
 class _KeyTime:
     """Maps (key, time) pairs to int64 codes ordered by key, then time, for binary search.
 
-    Keys get dense codes (their rank among the distinct keys). Times are offsets from the
-    earliest time, or, when codes would overflow int64 (very many keys over a very long
-    span), their ranks among every time this instance will encode: hence all time arrays to
-    encode are passed up front.
+    A key's code is 1 + its offset from the smallest key when that fits, else 1 + its rank
+    among the distinct keys; keys not among them get code 0, an empty segment, so every
+    count for them is 0. A time is its offset from the earliest time, or, if codes would
+    still overflow int64 (very many keys over a very long span), its rank among all the
+    times this instance will encode: hence every time array to encode is passed up front.
     """
 
     def __init__(self, keys: I64, times: Sequence[I64]) -> None:
-        self.keys = np.sort(pl.Series(keys, dtype=pl.Int64).unique().to_numpy())
         nonempty = [t for t in times if t.size]
         self._base = min(int(t.min()) for t in nonempty)
         span = max(int(t.max()) for t in nonempty) - self._base + 1
+        self._kmin = int(keys.min()) if keys.size else 0
+        self._kmax = int(keys.max()) if keys.size else -1
+        n_codes = self._kmax - self._kmin + 2
+        self._uniq: I64 | None = None
+        if n_codes * span > _KEY_LIMIT:
+            self._uniq = np.unique(keys)
+            n_codes = len(self._uniq) + 1
         self._ranks: I64 | None = None
-        if len(self.keys) * span > _KEY_LIMIT:
+        if n_codes * span > _KEY_LIMIT:
             self._ranks = np.unique(np.concatenate(nonempty))
             span = len(self._ranks)
         self._span = span
 
-    def code(self, keys: I64) -> tuple[I64, Mask]:
-        """Dense codes of keys, and whether each key is known (unknown ones get code 0)."""
-        if len(self.keys) == 0:
-            return np.zeros(len(keys), np.int64), np.zeros(len(keys), np.bool_)
-        pos = np.searchsorted(self.keys, keys)
-        known = self.keys[np.minimum(pos, len(self.keys) - 1)] == keys
-        return np.where(known, pos, 0), known
-
-    def encode(self, codes: I64, times: I64) -> I64:
+    def encode(self, keys: I64, times: I64, *, known: bool = False) -> I64:
+        """Codes of (key, time) pairs; known: every key is one given at construction."""
+        if self._uniq is None:
+            codes = keys - self._kmin + 1
+            if not known:
+                codes = np.where((keys >= self._kmin) & (keys <= self._kmax), codes, 0)
+        else:
+            pos = np.searchsorted(self._uniq, keys)
+            hit = self._uniq[np.minimum(pos, len(self._uniq) - 1)] == keys
+            codes = np.where(hit, pos + 1, 0)
         if self._ranks is None:
             offset = times - self._base
         else:
@@ -183,32 +202,46 @@ def _order(codes: I64, ids: I64) -> I64:
     return order
 
 
+def _count_le(sorted_codes: I64, queries: I64) -> I64:
+    """How many sorted codes are <= each query (fast when queries are sorted too)."""
+    return np.searchsorted(sorted_codes, queries, side="right")
+
+
 def _customer_features(
     tx: pl.DataFrame, ts: I64, rows: I64, ws: list[int], qmin: int, qmax: int
 ) -> dict[int, tuple[F64, F64]]:
     """Per window: count and mean amount of the customer's transactions up to (t, id)."""
     keep = (ts > qmin - max(ws) * _DAY_US) & (ts <= qmax)
-    at = np.cumsum(keep) - 1  # index of a kept tx row among the kept rows
+    at = (np.cumsum(keep) - 1)[rows]  # the query rows among the kept rows
     cust = tx["customer_id"].to_numpy()[keep]
     ids = tx["transaction_id"].to_numpy()[keep]
     cents = np.rint(tx["amount"].to_numpy()[keep] * 100).astype(np.int64)
     t = ts[keep]
-    tq = ts[rows]
-    kt = _KeyTime(cust, [t, *(tq - w * _DAY_US for w in ws)])
-    codes = kt.code(cust)[0]
-    keyed = kt.encode(codes, t)
+    kt = _KeyTime(cust, [t, *(ts[rows] - w * _DAY_US for w in ws)])
+    keyed = kt.encode(cust, t, known=True)
     order = _order(keyed, ids)
     sorted_codes = keyed[order]
     csum = np.concatenate(([0], np.cumsum(cents[order])))
     position = np.empty(len(order), np.int64)
     position[order] = np.arange(len(order))
-    hi = position[at[rows]] + 1  # rows up to and including the query row itself
-    qcodes = codes[at[rows]]
+    hi = position[at] + 1  # rows up to and including the query row itself
+    by_code = np.argsort(hi)  # queries in code order make the searches fast
+    hi, qcust, tq = hi[by_code], cust[at][by_code], t[at][by_code]
     out: dict[int, tuple[F64, F64]] = {}
     for w in ws:
-        lo = np.searchsorted(sorted_codes, kt.encode(qcodes, tq - w * _DAY_US), side="right")
+        lo = _count_le(sorted_codes, kt.encode(qcust, tq - w * _DAY_US, known=True))
         n = hi - lo
-        out[w] = n.astype(np.float64), (csum[hi] - csum[lo]) / (n * 100)
+        out[w] = (
+            _unsort(by_code, n.astype(np.float64)),
+            _unsort(by_code, (csum[hi] - csum[lo]) / (n * 100)),
+        )
+    return out
+
+
+def _unsort(order: I64, values: F64) -> F64:
+    """values[k] belongs to query order[k]: put it back at its query's place."""
+    out = np.empty_like(values)
+    out[order] = values
     return out
 
 
@@ -229,7 +262,7 @@ def _terminal_features(
     """
     keep = (ts > qmin - delay - max(ws) * _DAY_US) & (ts <= qmax - delay)
     hist = tx.filter(pl.Series(keep)).select("transaction_id", "ts", "terminal_id")
-    known = (
+    flagged = (
         frauds.filter(pl.col("label_ts") <= pl.lit(qmax).cast(pl.Datetime("us")))
         .group_by("transaction_id")
         .agg(pl.col("label_ts").min())
@@ -237,9 +270,9 @@ def _terminal_features(
     )
     term = hist["terminal_id"].to_numpy()
     t = ts[keep]
-    fterm = known["terminal_id"].to_numpy()
-    fts = known["ts"].to_physical().to_numpy()
-    enter = np.maximum(fts + delay, known["label_ts"].to_physical().to_numpy())
+    fterm = flagged["terminal_id"].to_numpy()
+    fts = flagged["ts"].to_physical().to_numpy()
+    enter = np.maximum(fts + delay, flagged["label_ts"].to_physical().to_numpy())
     leave = {w: fts + delay + w * _DAY_US for w in ws}
     tq = ts[rows]
     qterm = tx["terminal_id"].to_numpy()[rows]
@@ -247,22 +280,20 @@ def _terminal_features(
         term,
         [t, tq, tq - delay, *(tq - delay - w * _DAY_US for w in ws), enter, *leave.values()],
     )
-    sorted_codes = np.sort(kt.encode(kt.code(term)[0], t))
-    qcodes, present = kt.code(qterm)
-    fcodes = kt.code(fterm)[0]
-    now = kt.encode(qcodes, tq)
-    upto = np.searchsorted(sorted_codes, kt.encode(qcodes, tq - delay), side="right")
+    sorted_codes = np.sort(kt.encode(term, t, known=True))
+    now = kt.encode(qterm, tq)
+    by_code = np.argsort(now)  # queries in code order make the searches fast
+    now, qterm, tq = now[by_code], qterm[by_code], tq[by_code]
+    upto = _count_le(sorted_codes, kt.encode(qterm, tq - delay))
     out: dict[int, tuple[F64, F64]] = {}
     for w in ws:
-        start = kt.encode(qcodes, tq - delay - w * _DAY_US)
-        n = np.where(present, upto - np.searchsorted(sorted_codes, start, side="right"), 0)
+        n = upto - _count_le(sorted_codes, kt.encode(qterm, tq - delay - w * _DAY_US))
         live = enter < leave[w]
-        entered = np.sort(kt.encode(fcodes[live], enter[live]))
-        left = np.sort(kt.encode(fcodes[live], leave[w][live]))
-        bad = np.searchsorted(entered, now, side="right") - np.searchsorted(left, now, side="right")
-        bad = np.where(present, bad, 0)
+        entered = np.sort(kt.encode(fterm[live], enter[live], known=True))
+        left = np.sort(kt.encode(fterm[live], leave[w][live], known=True))
+        bad = _count_le(entered, now) - _count_le(left, now)
         risk = np.divide(bad, n, out=np.zeros(len(n), np.float64), where=n > 0)
-        out[w] = n.astype(np.float64), risk
+        out[w] = _unsort(by_code, n.astype(np.float64)), _unsort(by_code, risk)
     return out
 
 
@@ -272,33 +303,39 @@ class _Part:
 
     rows: pl.DataFrame
     kept_from: int
-    last: int  # the file's latest time (-1 for an empty file)
+    last: int  # the file's latest time (-1 when no row was kept)
 
 
 class _LogCache:
-    """The rows of one event-log kind held in memory file by file, over a sliding window."""
+    """Rows of one event-log kind, held in memory file by file over a sliding time window."""
 
     def __init__(
-        self, log: EventLog, kind: Kind, time_col: str, keep: pl.Expr | None = None
+        self,
+        log: EventLog,
+        kind: Kind,
+        columns: dict[str, pl.DataType],
+        time_col: str,
+        keep: pl.Expr | None = None,
     ) -> None:
         self._log = log
         self._kind: Kind = kind
+        self._file_schema = TRANSACTIONS if kind == "transactions" else LABELS
+        self._columns = columns
         self._time = time_col
-        self._schema = TRANSACTIONS if kind == "transactions" else LABELS
         self._keep = keep
         self._parts: dict[Path, _Part] = {}
 
-    def rows(self, lo: int, hi: dt.datetime) -> pl.DataFrame:
-        """Every held row with time > lo, after loading what is missing from files up to hi.
+    def rows(self, lo: int, last_day: dt.date) -> pl.DataFrame:
+        """The held rows (every row with time > lo) of the files up to last_day's partition.
 
-        A file is read once; it is read again only if an earlier window needs rows that
-        were evicted. Rows later than hi may come along (gather runs ahead); callers ignore them.
+        A file is read once, and again only if a window older than its kept rows needs it.
+        Rows newer than the caller's batch may come along (gather runs ahead); they are inert.
         """
-        paths = self._log.files(self._kind, dt.date.min, hi.date())
+        paths = self._log.files(self._kind, dt.date.min, last_day)
         listed = set(paths)
         for path in [p for p in self._parts if p not in listed]:
             day = parse_day_dir(path.parent.name)
-            if day is not None and day <= hi.date():  # pruned by gather
+            if day is not None and day <= last_day:  # pruned by gather
                 del self._parts[path]
         frames = []
         for path in paths:
@@ -310,29 +347,22 @@ class _LogCache:
                 self._parts[path] = part
             if part.rows.height:
                 frames.append(part.rows)
-        if not frames:
-            return pl.DataFrame(schema={c: self._schema[c] for c in self._columns()})
-        return pl.concat(frames)
-
-    def _columns(self) -> list[str]:
-        return (
-            list(TRANSACTIONS) if self._kind == "transactions" else ["transaction_id", "label_ts"]
-        )
+        return pl.concat(frames) if frames else pl.DataFrame(schema=self._columns)
 
     def _read(self, path: Path, lo: int) -> _Part | None:
         try:
-            df = check(pl.read_parquet(path), self._schema, str(path))
-        except FileNotFoundError:  # pruned since listed: older than any window
+            df = check(pl.read_parquet(path), self._file_schema, str(path))
+        except FileNotFoundError:  # pruned since it was listed: older than any window
             return None
         if self._keep is not None:
             df = df.filter(self._keep)
-        df = df.select(self._columns())
-        times = df[self._time].to_physical()
-        last = -1 if df.is_empty() else int(times.max())  # type: ignore[arg-type]
-        return _Part(df.filter(times > lo), lo, last)
+        df = df.select(list(self._columns))
+        times = df[self._time].to_physical().to_numpy()
+        last = int(times.max()) if times.size else -1
+        return _Part(df.filter(pl.Series(times > lo)), lo, last)
 
     def evict(self, lo: int) -> None:
-        """Drop rows with time <= lo (older than any later batch needs)."""
+        """Drop held rows with time <= lo."""
         for part in self._parts.values():
             if part.kept_from < lo:
                 if part.rows.height:
@@ -341,37 +371,36 @@ class _LogCache:
 
 
 class StreamingFeatures:
-    """Features of one raw-transactions batch, with history from the event log.
+    """Features of one raw-transactions batch, with its history read from the event log.
 
-    The history is read from the log (not from the batches this replica happened to see), so
-    any replica computes the same features for a batch, in any order, and again after a crash:
-    exactly :func:`compute_features` over the whole log, restricted to the batch. Log files are
-    cached by path; rows older than the current batch's lookback are evicted, and reloaded if
-    an older batch comes later. Labels are assumed never to precede their transaction.
+    History comes from the log, not from the batches this replica happened to see, so every
+    replica computes the same features for a batch, in any order and again after a crash:
+    :func:`compute_features` over the whole log, restricted to the batch. Log files are cached
+    by path; rows older than the current batch's lookback are evicted after each batch and
+    reloaded if an older batch comes later. Only fraud labels are kept (the others never count);
+    a label is assumed never to precede its transaction, so labels are evicted by label_ts.
     """
 
     def __init__(self, log: EventLog, cfg: FeatureSettings) -> None:
         self._cfg = cfg
         self._lookback_us = lookback(cfg) // dt.timedelta(microseconds=1)
-        self._tx = _LogCache(log, "transactions", "ts")
-        self._frauds = _LogCache(log, "labels", "label_ts", pl.col("is_fraud") == 1)
+        self._tx = _LogCache(log, "transactions", TRANSACTIONS, "ts")
+        frauds = {"transaction_id": pl.Int64(), "label_ts": LABELS["label_ts"]}
+        self._frauds = _LogCache(log, "labels", frauds, "label_ts", pl.col("is_fraud") == 1)
 
     def compute(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """The batch's rows (same order) with their features."""
-        batch = check(batch, TRANSACTIONS, "raw-transactions batch")
+        """The batch's rows, in order, with their features."""
+        batch = _valid(batch, "raw-transactions batch")
         if batch.is_empty():
             return pl.DataFrame(schema=_output_schema(self._cfg))
-        ids = batch["transaction_id"]
-        if ids.is_duplicated().any():
-            raise ValueError("raw-transactions batch: transaction_id must be unique")
-        first = batch["ts"].to_physical().min()
-        hi = batch["ts"].max()
-        assert isinstance(first, int) and isinstance(hi, dt.datetime)
-        lo = first - self._lookback_us
-        hist = self._tx.rows(lo, hi).filter(~pl.col("transaction_id").is_in(ids.implode()))
-        if hist["transaction_id"].is_duplicated().any():  # a batch logged under two names
+        ts = batch["ts"].to_physical().to_numpy()
+        lo = int(ts.min()) - self._lookback_us
+        last_day = (_EPOCH + dt.timedelta(microseconds=int(ts.max()))).date()
+        ids = batch["transaction_id"].implode()
+        hist = self._tx.rows(lo, last_day).filter(~pl.col("transaction_id").is_in(ids))
+        if hist["transaction_id"].n_unique() != hist.height:  # a batch logged twice
             hist = hist.unique("transaction_id", keep="first")
-        frauds = self._frauds.rows(lo, hi)
+        frauds = self._frauds.rows(lo, last_day)
         out = _compute(pl.concat([batch, hist]), frauds, self._cfg, np.arange(batch.height))
         self._tx.evict(lo)
         self._frauds.evict(lo)
