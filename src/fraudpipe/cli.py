@@ -242,6 +242,21 @@ def queue_inspect(
     console.print(df.head(rows))
 
 
+def _dead_ids(t: Any, msg_id: str | None, all_: bool) -> list[str]:
+    ids = [d.id for d in t.dead_letters()] if all_ else [msg_id] if msg_id else []
+    if not ids:
+        fail("name an ID or pass --all")
+    return ids
+
+
+def _each(ids: list[str], action: Any) -> None:
+    for i in ids:
+        try:
+            action(i)
+        except KeyError as exc:
+            fail(str(exc), 1)
+
+
 @queue_app.command("requeue")
 def queue_requeue(
     topic: str,
@@ -252,14 +267,8 @@ def queue_requeue(
 ) -> None:
     """Send dead letters back to pending (after fixing what killed them)."""
     t = _topic(_queue(config, data_dir), topic)
-    ids = [d.id for d in t.dead_letters()] if all_ else [msg_id] if msg_id else []
-    if not ids:
-        fail("name an ID or pass --all")
-    for i in ids:
-        try:
-            t.requeue(i)
-        except KeyError as exc:
-            fail(str(exc), 1)
+    ids = _dead_ids(t, msg_id, all_)
+    _each(ids, t.requeue)
     console.print(f"requeued {len(ids)} message(s) in {topic}")
 
 
@@ -274,16 +283,10 @@ def queue_purge(
 ) -> None:
     """Delete dead letters for good."""
     t = _topic(_queue(config, data_dir), topic)
-    ids = [d.id for d in t.dead_letters()] if all_ else [msg_id] if msg_id else []
-    if not ids:
-        fail("name an ID or pass --all")
+    ids = _dead_ids(t, msg_id, all_)
     if not yes and not typer.confirm(f"delete {len(ids)} dead letter(s) of {topic}?"):
         raise typer.Exit(1)
-    for i in ids:
-        try:
-            t.purge(i)
-        except KeyError as exc:
-            fail(str(exc), 1)
+    _each(ids, t.purge)
     console.print(f"purged {len(ids)} dead letter(s) from {topic}")
 
 
