@@ -5,11 +5,13 @@ Readers never see a partial file, on a local disk or on NFS (rename is atomic on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import polars as pl
 
@@ -29,16 +31,15 @@ def _tmp_name(final: Path, tmp_dir: Path | None) -> Path:
     return where / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
-def write_bytes(
-    final: Path, data: bytes, *, tmp_dir: Path | None = None, fsync: bool = True
-) -> Path:
-    """Write data to final atomically (replacing any previous file of that name)."""
+@contextlib.contextmanager
+def _atomic(final: Path, tmp_dir: Path | None, fsync: bool) -> Iterator[BinaryIO]:
+    """Yield a file to write; on success it is fsynced and renamed to final, else removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(final, tmp_dir)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
@@ -48,6 +49,14 @@ def write_bytes(
         raise
     if fsync:
         fsync_dir(final.parent)
+
+
+def write_bytes(
+    final: Path, data: bytes, *, tmp_dir: Path | None = None, fsync: bool = True
+) -> Path:
+    """Write data to final atomically (replacing any previous file of that name)."""
+    with _atomic(final, tmp_dir, fsync) as fh:
+        fh.write(data)
     return final
 
 
@@ -55,21 +64,8 @@ def write_parquet(
     final: Path, df: pl.DataFrame, *, tmp_dir: Path | None = None, fsync: bool = True
 ) -> Path:
     """Write df as Parquet to final atomically (replacing any previous file of that name)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(final, tmp_dir)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "wb") as fh:
-            df.write_parquet(fh, compression="lz4", statistics=False)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fsync:
-        fsync_dir(final.parent)
+    with _atomic(final, tmp_dir, fsync) as fh:
+        df.write_parquet(fh, compression="lz4", statistics=False)
     return final
 
 
