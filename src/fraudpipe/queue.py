@@ -133,6 +133,18 @@ def _scan(folder: Path) -> Iterator[os.DirEntry[str]]:
         return
 
 
+def _delete_older(folder: Path, max_age_s: float, now: float | None) -> int:
+    """Delete the files in folder last modified more than max_age_s ago; how many."""
+    now = time.time() if now is None else now
+    removed = 0
+    for entry in _scan(folder):
+        with contextlib.suppress(FileNotFoundError):
+            if now - entry.stat().st_mtime > max_age_s:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
 class Topic:
     """One topic folder and the operations of the protocol on it."""
 
@@ -310,25 +322,11 @@ class Topic:
 
     def expire_done(self, now: float | None = None) -> int:
         """Delete acknowledged batches older than retention_s."""
-        now = time.time() if now is None else now
-        removed = 0
-        for entry in _scan(self.dir("done")):
-            with contextlib.suppress(FileNotFoundError):
-                if now - entry.stat().st_mtime > self.settings.retention_s:
-                    os.unlink(entry.path)
-                    removed += 1
-        return removed
+        return _delete_older(self.dir("done"), self.settings.retention_s, now)
 
     def clean_tmp(self, max_age_s: float = 600.0, now: float | None = None) -> int:
         """Delete abandoned partial writes (a writer crashed mid-publish)."""
-        now = time.time() if now is None else now
-        removed = 0
-        for entry in _scan(self.dir("tmp")):
-            with contextlib.suppress(FileNotFoundError):
-                if now - entry.stat().st_mtime > max_age_s:
-                    os.unlink(entry.path)
-                    removed += 1
-        return removed
+        return _delete_older(self.dir("tmp"), max_age_s, now)
 
     def stats(self, now: float | None = None) -> TopicStats:
         now = time.time() if now is None else now
@@ -349,8 +347,8 @@ class Topic:
     # -- dead letters ------------------------------------------------------------------------
 
     def dead_letters(self) -> list[DeadLetter]:
-        found: dict[str, DeadLetter] = {}
         reasons: dict[str, dict[str, Any]] = {}
+        batches: dict[str, tuple[int, Path]] = {}
         for entry in _scan(self.dir("dead")):
             if entry.name.endswith(REASON_SUFFIX):
                 try:
@@ -359,13 +357,18 @@ class Topic:
                     )
                 except (OSError, ValueError):
                     continue
-        for entry in _scan(self.dir("dead")):
-            parsed = _parse(entry.name)
-            if parsed:
-                msg_id, attempt, _ = parsed
-                reason = reasons.get(msg_id, {"reason": "(no reason file)"})
-                found[msg_id] = DeadLetter(self.name, msg_id, attempt, Path(entry.path), reason)
-        return [found[k] for k in sorted(found)]
+            elif parsed := _parse(entry.name):
+                batches[parsed[0]] = (parsed[1], Path(entry.path))
+        return [
+            DeadLetter(
+                self.name,
+                msg_id,
+                attempt,
+                path,
+                reasons.get(msg_id, {"reason": "(no reason file)"}),
+            )
+            for msg_id, (attempt, path) in sorted(batches.items())
+        ]
 
     def find_dead(self, msg_id: str) -> DeadLetter:
         for dl in self.dead_letters():
