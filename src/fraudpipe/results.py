@@ -52,6 +52,18 @@ class ResultsStore:
             return []
         return sorted(self.root.glob(f"{PARTITION}*/*{SUFFIX}"))
 
+    def sources(self, topic: Topic | None = None) -> dict[str, Path]:
+        """One file per batch id: the delivered one, else the one still waiting in the topic.
+
+        The topic is listed first, so a batch delivered meanwhile is found in results/; a batch
+        re-scored after a crash and also delivered counts once.
+        """
+        waiting = topic.pending() if topic is not None else []
+        found = {p.stem: p for p in self.files()}
+        for msg in waiting:
+            found.setdefault(msg.id, msg.path)
+        return found
+
     def prune(self, keep_days: float, now: float | None = None) -> int:
         """Delete date partitions not written to for keep_days of wall-clock time.
 
@@ -69,22 +81,11 @@ class ResultsStore:
 
 
 def read_all(results: ResultsStore, topic: Topic | None = None) -> pl.DataFrame | None:
-    """Every scored row: batches still in the topic (if given) plus delivered results.
-
-    The topic is listed first: a batch delivered while we read is then found in results/.
-    """
-    pending = [m.id for m in topic.pending()] if topic is not None else []
-    paths = {p.stem: p for p in results.files()}
+    """Every scored row: delivered results plus, if given, batches still in the topic."""
     frames = []
-    for msg_id in pending:
-        if msg_id in paths:
-            continue
-        for candidate in (topic.dir("pending") if topic else results.root).glob(f"{msg_id}~*"):
-            with contextlib.suppress(FileNotFoundError):
-                frames.append(pl.read_parquet(candidate))
-                break
-        else:
-            paths[msg_id] = results.path_for(msg_id)
-    for path in paths.values():
-        frames.append(pl.read_parquet(path))
+    for msg_id, path in sorted(results.sources(topic).items()):
+        try:
+            frames.append(pl.read_parquet(path))
+        except FileNotFoundError:  # delivered while we read
+            frames.append(pl.read_parquet(results.path_for(msg_id)))
     return pl.concat(frames, how="vertical_relaxed") if frames else None

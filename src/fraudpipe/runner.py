@@ -239,7 +239,7 @@ class Supervisor:
 
     def final_summary(self) -> dict[str, Any]:
         results = ResultsStore(self.layout.results)
-        paths = results.files() + [m.path for m in self.queue.topic(RESULTS).pending()]
+        paths = list(results.sources(self.queue.topic(RESULTS)).values())
         scored = alerts = 0
         p50 = p99 = None
         if paths:
