@@ -52,7 +52,8 @@ class Supervisor:
     drain_timeout_s: float = 120.0
     console: Console = field(default_factory=Console)
     children: list[Child] = field(default_factory=list)
-    stopping: bool = False
+    # Stages whose dead workers are restarted; stopping empties it, gather first when draining.
+    keep_alive: set[str] = field(default_factory=lambda: set(STAGES))
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.settings.data_dir)
@@ -107,7 +108,7 @@ class Supervisor:
         """Restart workers that died (as a Deployment would), with a short backoff."""
         for n, child in enumerate(self.children):
             rc = child.proc.poll()
-            if rc is None or self.stopping:
+            if rc is None or child.stage not in self.keep_alive:
                 continue
             if time.monotonic() - child.started < RESTART_BACKOFF_S:
                 continue
@@ -135,11 +136,12 @@ class Supervisor:
                 child.proc.wait()
 
     def stop(self, drain: bool) -> None:
-        self.stopping = True
+        self.keep_alive.discard("gather")
         if drain:
             self.signal_stage(("gather",))
             self.wait_exit(("gather",), STOP_GRACE_S)
             self.wait_drained(self.drain_timeout_s)
+        self.keep_alive.clear()
         self.signal_stage(STAGES)
         self.wait_exit(STAGES, STOP_GRACE_S)
         for fh in self._logs.values():
@@ -147,27 +149,21 @@ class Supervisor:
 
     # -- state -------------------------------------------------------------------------------
 
+    def _empty(self, *topics: str) -> bool:
+        """No batch pending or claimed in any of these topics."""
+        return all(
+            not (st.pending or st.claimed) for st in (self.queue.topic(t).stats() for t in topics)
+        )
+
     def drained(self) -> bool:
         """Nothing left to process (features only count once a model can score them)."""
-        topics = [RAW, FEATURES] if self.registry.current() else [RAW]
-        for name in topics:
-            st = self.queue.topic(name).stats()
-            if st.pending or st.claimed:
-                return False
-        return True
+        return self._empty(RAW, FEATURES) if self.registry.current() else self._empty(RAW)
 
     def wait_drained(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.drained():
-            self.supervise_quietly()
-            time.sleep(0.25)
-
-    def supervise_quietly(self) -> None:
-        stopping, self.stopping = self.stopping, False
-        try:
             self.supervise()
-        finally:
-            self.stopping = stopping
+            time.sleep(0.25)
 
     def workers(self) -> list[dict[str, Any]]:
         return read_status(self.layout.status)
@@ -177,10 +173,7 @@ class Supervisor:
         gathers = [w for w in self.workers() if w["stage"] == "gather"]
         if not gathers or not all(w.get("finished") for w in gathers):
             return False
-        return all(
-            not (st.pending or st.claimed)
-            for st in (self.queue.topic(t).stats() for t in (RAW, LABELS, FEATURES))
-        )
+        return self._empty(RAW, LABELS, FEATURES)
 
     def snapshot(self) -> dict[str, Any]:
         workers = self.workers()
