@@ -24,6 +24,7 @@ from fraudpipe import durable, schema
 from fraudpipe.eventlog import EventLog
 from fraudpipe.layout import LABELS, RAW
 from fraudpipe.queue import make_id
+from fraudpipe.stages import StageError
 from fraudpipe.worker import Context, Mode, Outcome, Stage
 
 
@@ -43,8 +44,6 @@ class Gather(Stage):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        from fraudpipe.stages import StageError
-
         g = ctx.settings.gather
         self.cfg = g
         self.source: Source
@@ -79,19 +78,17 @@ class Gather(Stage):
         self.seq: int = ck["seq"]
         self.rows_emitted: int = ck["rows"]
         wm = ck["label_watermark"]
+        # The simulated clock: last ts emitted; every label with label_ts <= it is published.
         self.watermark: dt.datetime | None = dt.datetime.fromisoformat(wm) if wm else None
         self.identity = identity
         self._days: dict[int, pl.DataFrame | None] = {}
         self.next_due = time.monotonic()
         self.finished = False
-        self.sim_time: dt.datetime | None = self.watermark
         self._last_prune = 0.0
 
     # -- position ----------------------------------------------------------------------------
 
     def _load_checkpoint(self, identity: dict[str, Any]) -> dict[str, Any]:
-        from fraudpipe.stages import StageError
-
         fresh = {"day": 0, "offset": 0, "seq": 0, "rows": 0, "label_watermark": None}
         if not self.ckpt_path.exists():
             return fresh
@@ -201,7 +198,6 @@ class Gather(Stage):
             self.labels.publish(msg_id, labels.select(list(schema.LABELS)))
         self.raw.publish(msg_id, tx)
         self.day_idx, self.offset, self.seq, self.watermark = day, offset, self.seq + 1, last
-        self.sim_time = last
         self.rows_emitted += n
         self._save_checkpoint()
         if paced:
@@ -210,16 +206,16 @@ class Gather(Stage):
         return Outcome(rows=n, batches=1)
 
     def housekeeping(self) -> None:
-        if self.sim_time is None or time.monotonic() - self._last_prune < 30:
+        if self.watermark is None or time.monotonic() - self._last_prune < 30:
             return
         self._last_prune = time.monotonic()
-        keep_from = self.sim_time.date() - dt.timedelta(days=self.cfg.log_retention_days)
+        keep_from = self.watermark.date() - dt.timedelta(days=self.cfg.log_retention_days)
         self.eventlog.prune("transactions", keep_from)
         self.eventlog.prune("labels", keep_from)
 
     def status(self) -> dict[str, Any]:
         return {
-            "sim_time": self.sim_time.isoformat() if self.sim_time else None,
+            "sim_time": self.watermark.isoformat() if self.watermark else None,
             "source": self.cfg.source,
             "target_rate": self.cfg.rate,
         }
