@@ -38,6 +38,24 @@ def parse_day_dir(name: str) -> dt.date | None:
         return None
 
 
+def day_partitions(root: Path) -> list[tuple[dt.date, Path]]:
+    """The day=YYYY-MM-DD folders under root, oldest first."""
+    if not root.is_dir():
+        return []
+    found = ((parse_day_dir(p.name), p) for p in root.iterdir())
+    return sorted((day, p) for day, p in found if day is not None)
+
+
+def prune_days(root: Path, keep_from: dt.date) -> int:
+    """Delete the day partitions under root older than keep_from; how many were removed."""
+    removed = 0
+    for day, part in day_partitions(root):
+        if day < keep_from:
+            shutil.rmtree(part, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 class EventLog:
     def __init__(self, layout: Layout, *, fsync: bool = True) -> None:
         self.root = layout.log
@@ -51,18 +69,13 @@ class EventLog:
         return durable.write_parquet(final, df, fsync=self.fsync)
 
     def days(self, kind: Kind) -> list[dt.date]:
-        base = self._kind_dir(kind)
-        if not base.is_dir():
-            return []
-        found = (parse_day_dir(p.name) for p in base.iterdir())
-        return sorted(d for d in found if d is not None)
+        return [day for day, _ in day_partitions(self._kind_dir(kind))]
 
     def files(self, kind: Kind, first_day: dt.date, last_day: dt.date) -> list[Path]:
         """Every log file whose partition day lies in [first_day, last_day], in name order."""
         out: list[Path] = []
-        for day in self.days(kind):
+        for day, part in day_partitions(self._kind_dir(kind)):
             if first_day <= day <= last_day:
-                part = self._kind_dir(kind) / day_dir_name(day)
                 out.extend(sorted(p for p in part.iterdir() if p.suffix == ".parquet"))
         return out
 
@@ -75,9 +88,4 @@ class EventLog:
 
     def prune(self, kind: Kind, keep_from: dt.date) -> int:
         """Delete day partitions older than keep_from; return how many were removed."""
-        removed = 0
-        for day in self.days(kind):
-            if day < keep_from:
-                shutil.rmtree(self._kind_dir(kind) / day_dir_name(day), ignore_errors=True)
-                removed += 1
-        return removed
+        return prune_days(self._kind_dir(kind), keep_from)

@@ -24,7 +24,7 @@ import polars as pl
 import fraudpipe
 from fraudpipe import schema
 from fraudpipe.config import TrainSettings
-from fraudpipe.eventlog import EventLog, parse_day_dir
+from fraudpipe.eventlog import EventLog, day_partitions
 from fraudpipe.layout import Layout
 from fraudpipe.model import (
     ModelLoadError,
@@ -149,18 +149,18 @@ def _load_labeled(
     if cutoff is None:
         bound = f" up to {now}" if now is not None else ""
         raise _NotEnoughData(f"no labels in the label log{bound} yet")
-    store = layout.feature_store
-    found = (parse_day_dir(p.name) for p in store.iterdir()) if store.is_dir() else iter(())
-    days = sorted((d for d in found if d is not None and d <= cutoff.date()), reverse=True)
+    parts = [
+        (d, p) for d, p in reversed(day_partitions(layout.feature_store)) if d <= cutoff.date()
+    ]
     span = dt.timedelta(days=cfg.train_days + cfg.holdout_days)
     frames: list[pl.DataFrame] = []
     first_needed: dt.date | None = None
     skipped = 0
-    for day in days:
+    for day, part in parts:
         if first_needed is not None and day < first_needed:
             break
         labels.read_back_to(day - ONE_DAY)
-        frame, n_skipped = _read_features(store / f"day={day.isoformat()}", feature_names)
+        frame, n_skipped = _read_features(part, feature_names)
         skipped += n_skipped
         if frame is None:
             continue
@@ -172,7 +172,7 @@ def _load_labeled(
     if first_needed is None:
         raise _NotEnoughData(
             f"no feature-store row has a label up to the label cutoff {cutoff} "
-            f"({len(days)} feature day(s) read, {skipped} file(s) lacking the current features)"
+            f"({len(parts)} feature day(s) read, {skipped} file(s) lacking the current features)"
         )
     data = pl.concat(frames).join(labels.known(), on="transaction_id", how="inner")
     end = _ts_max(data["ts"])

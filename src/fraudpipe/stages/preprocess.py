@@ -10,13 +10,12 @@ learns from the very values inference sees.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import time
 
 import polars as pl
 
 from fraudpipe import durable, schema
-from fraudpipe.eventlog import EventLog, day_dir_name, parse_day_dir
+from fraudpipe.eventlog import EventLog, day_dir_name, prune_days
 from fraudpipe.features import StreamingFeatures
 from fraudpipe.layout import FEATURES, RAW
 from fraudpipe.queue import Claim
@@ -55,9 +54,4 @@ class Preprocess(BatchStage):
             return
         self._last_prune = time.monotonic()
         keep = dt.timedelta(days=self.ctx.settings.features.store_retention_days)
-        if not self.store.is_dir():
-            return
-        for part in self.store.iterdir():
-            day = parse_day_dir(part.name)
-            if day is not None and day < self._newest_day - keep:
-                shutil.rmtree(part, ignore_errors=True)
+        prune_days(self.store, self._newest_day - keep)
