@@ -13,25 +13,27 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import polars as pl
+
 from fraudpipe import schema
 from fraudpipe.features import feature_names
 from fraudpipe.layout import LABELS
-from fraudpipe.queue import Unreadable
+from fraudpipe.queue import Claim
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.training import run_training
-from fraudpipe.worker import Context, Mode, Outcome, Stage
+from fraudpipe.worker import BatchStage, Context, Mode, Outcome
 
 TRIGGER = "train-now"
 _RETRY_WITHOUT_MODEL_S = 5.0
 
 
-class Train(Stage):
+class Train(BatchStage):
     name = "train"
     consumes = (LABELS,)
+    input_schema = schema.LABELS
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.topic = ctx.queue.topic(LABELS)
         self.trigger = ctx.layout.control / TRIGGER
         self.features = feature_names(ctx.settings.features)
         # The first attempt is due at once; later ones follow the schedule.
@@ -40,29 +42,13 @@ class Train(Stage):
         self.last: dict[str, Any] = {}
         self.labels_seen = 0
 
-    def _consume_labels(self) -> Outcome | None:
-        claim = self.topic.claim(self.ctx.worker_id)
-        if claim is None:
-            return None
-        self.current = claim
-        try:
-            try:
-                df = schema.check(self.topic.read(claim), schema.LABELS, "labels batch")
-            except (Unreadable, schema.SchemaMismatch) as exc:
-                self.topic.dead_letter(claim, str(exc))
-                self.ctx.metrics.batches.labels(self.name, "dead").inc()
-                return Outcome(batches=1)
-            except FileNotFoundError:
-                return Outcome()
-            frauds = int(df["is_fraud"].sum())
-            self.ctx.metrics.labels.labels("1").inc(frauds)
-            self.ctx.metrics.labels.labels("0").inc(df.height - frauds)
-            self.labels_seen += df.height
-            self.topic.ack(claim)
-            self.ctx.metrics.batches.labels(self.name, "ok").inc()
-            return Outcome(rows=df.height, batches=1)
-        finally:
-            self.current = None
+    def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
+        """Count an arrived label batch; training reads the labels from the event log."""
+        frauds = int(df["is_fraud"].sum())
+        self.ctx.metrics.labels.labels("1").inc(frauds)
+        self.ctx.metrics.labels.labels("0").inc(df.height - frauds)
+        self.labels_seen += df.height
+        return {}
 
     def _train(self) -> Outcome:
         ctx = self.ctx
@@ -107,8 +93,8 @@ class Train(Stage):
         mode = self.ctx.mode
         if mode is Mode.ONCE:
             return self._train()
-        consumed = self._consume_labels()
-        if consumed is not None and consumed.batches:
+        consumed = super().step()
+        if consumed.batches:
             return consumed
         if mode is Mode.BURST or self.trigger.exists() or time.monotonic() >= self.next_due:
             return self._train()
