@@ -55,10 +55,6 @@ class Outcome:
     idle_for: float | None = None  # the stage knows when it will have work (e.g. pacing)
     finished: bool = False  # a finite source is exhausted
 
-    @property
-    def idle(self) -> bool:
-        return self.batches == 0 and not self.finished
-
 
 @dataclass
 class Context:
@@ -125,14 +121,14 @@ class BatchStage(Stage):
         if claim is None:
             return Outcome()
         self.current = claim
-        started = time.perf_counter()
         try:
-            return self._handle(topic, claim, started)
+            return self._handle(topic, claim)
         finally:
             self.current = None
 
-    def _handle(self, topic: Topic, claim: Claim, started: float) -> Outcome:
+    def _handle(self, topic: Topic, claim: Claim) -> Outcome:
         ctx, stage = self.ctx, self.name
+        started = time.perf_counter()
         try:
             df = self.validate(topic.read(claim))
         except (Unreadable, schema.SchemaMismatch) as exc:

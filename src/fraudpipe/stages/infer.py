@@ -72,18 +72,19 @@ class Infer(BatchStage):
         scores = self.scorer.score(df.select(self.feature_names).to_numpy().astype(np.float32))
         scored_at = time.time()
         latency_ms = (scored_at - df["created_at"].to_numpy()) * 1000.0
+        alerts = scores >= self.threshold
         out = (
             df.select(_PASS_THROUGH)
             .with_columns(
                 score=pl.Series(scores, dtype=pl.Float32),
-                is_alert=pl.Series(scores >= self.threshold),
+                is_alert=pl.Series(alerts),
                 model_version=pl.lit(self.version),
                 scored_at=pl.lit(scored_at),
                 latency_ms=pl.Series(latency_ms),
             )
             .select(list(schema.RESULTS))
         )
-        n_alerts = int((scores >= self.threshold).sum())
+        n_alerts = int(alerts.sum())
         self.alerts += n_alerts
         self.ctx.metrics.alerts.inc(n_alerts)
         self.ctx.metrics.e2e_latency.observe_many(latency_ms / 1000.0)
