@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -39,7 +39,7 @@ ConfigFile = Annotated[
 ]
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)  # plain: never re-wrapped, easy to grep
     raise typer.Exit(code)
 
@@ -49,7 +49,6 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
         return load_settings(config, overrides)
     except ConfigError as exc:
         fail(str(exc))
-        raise AssertionError("unreachable") from exc
 
 
 @app.command()
@@ -85,7 +84,6 @@ def worker(
         w = Worker(settings, stage, device, mode)
     except (DeviceUnavailable, StageError) as exc:
         fail(str(exc))
-        return
     raise typer.Exit(w.run())
 
 
@@ -372,7 +370,6 @@ def model_rollback(data_dir: DataDir = None, config: ConfigFile = None) -> None:
         version = _registry(config, data_dir).rollback()
     except RegistryError as exc:
         fail(str(exc), 1)
-        return
     console.print(f"current model: {version}")
 
 
