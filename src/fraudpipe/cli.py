@@ -131,6 +131,38 @@ def run(
     console.print_json(json.dumps(summary, default=str))
 
 
+@app.command()
+def check(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for end-to-end flow.")] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Wait until transactions generated from now on are scored (exit 0), or say what stands
+    still (exit 1). Only reads the data dir: it is what `helm test` runs."""
+    from fraudpipe.check import wait_for_flow
+
+    settings = settings_from(config, data_dir=data_dir)
+
+    def waiting(elapsed: float, problems: list[str]) -> None:
+        typer.echo(f"waiting {elapsed:.0f}s: " + ("; ".join(problems) or "no fresh scores yet"))
+
+    report = wait_for_flow(settings, timeout, on_wait=None if as_json else waiting)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    elif report.ok:
+        typer.echo(
+            f"flow ok after {report.waited_s}s: batch {report.batch} scored {report.rows} "
+            f"fresh transaction(s) with model {report.model_version}, "
+            f"median latency {report.latency_ms_p50} ms"
+        )
+    else:
+        typer.echo(f"no end-to-end flow within {timeout:.0f}s:", err=True)
+        for problem in report.problems or ["every stage is alive, yet nothing new was scored"]:
+            typer.echo(f"  - {problem}", err=True)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 @app.command("config")
 def show_config(config: ConfigFile = None, data_dir: DataDir = None) -> None:
     """Print the effective configuration (every field, after all sources) as YAML."""

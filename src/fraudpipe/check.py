@@ -1,0 +1,127 @@
+"""Is the pipeline flowing end to end right now? (`fraudpipe check`, what `helm test` runs.)
+
+The check passes once a batch of transactions *generated after it started* has been scored:
+that proves gather, preprocess, a promoted model and infer all work now, not that they once
+did. It only reads the shared volume (the chart mounts it read-only). When time runs out it
+says what stands still: stages without a live worker, no promoted model, backlogs, dead letters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from fraudpipe.config import STAGES, Settings
+from fraudpipe.layout import RESULTS, TOPICS, Layout
+from fraudpipe.queue import SUFFIX, Topic
+from fraudpipe.registry import ModelRegistry
+from fraudpipe.results import PARTITION
+from fraudpipe.worker import STATUS_STALE_S, read_status
+
+# Newest result partitions looked at each round: a batch scored now lands in the latest dates.
+_RECENT_PARTITIONS = 2
+
+
+@dataclass
+class FlowReport:
+    ok: bool
+    waited_s: float
+    batch: str | None = None
+    rows: int = 0
+    model_version: str | None = None
+    latency_ms_p50: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _recent_result_files(layout: Layout, since: float) -> Iterator[Path]:
+    """Scored batch files written after `since`: still in the topic, or just delivered."""
+    pending = layout.topic(RESULTS) / "pending"
+    dirs = [pending] if pending.is_dir() else []
+    if layout.results.is_dir():
+        dirs += sorted(layout.results.glob(f"{PARTITION}*"))[-_RECENT_PARTITIONS:]
+    for folder in dirs:
+        for path in folder.glob(f"*{SUFFIX}"):
+            try:
+                if path.stat().st_mtime >= since:
+                    yield path
+            except FileNotFoundError:
+                continue  # delivered meanwhile; found in results/ next round
+
+
+def fresh_scored_batch(layout: Layout, since: float) -> tuple[Path, pl.DataFrame] | None:
+    """A scored batch holding transactions generated at or after `since`, if there is one."""
+    for path in _recent_result_files(layout, since):
+        try:
+            df = pl.read_parquet(path, columns=["created_at", "model_version", "latency_ms"])
+        except (OSError, pl.exceptions.PolarsError):
+            continue  # moved between listing and reading
+        fresh = df.filter(pl.col("created_at") >= since)
+        if fresh.height:
+            return path, fresh
+    return None
+
+
+def diagnose(layout: Layout, settings: Settings) -> list[str]:
+    """What stands still, in words an operator can act on."""
+    problems = []
+    workers = read_status(layout.status)
+    for stage in STAGES:
+        if not any(w.get("stage") == stage for w in workers):
+            problems.append(
+                f"no live {stage} worker (no heartbeat in status/ for {STATUS_STALE_S:.0f} s)"
+            )
+    if ModelRegistry(layout.models).current() is None:
+        last = next((w.get("last_training") for w in workers if w.get("stage") == "train"), None)
+        why = f": last training {last.get('status')}: {last.get('reason')}" if last else ""
+        problems.append("no model promoted yet, so infer waits" + why)
+    for name in TOPICS:
+        if not layout.topic(name).is_dir():
+            problems.append(f"topic {name} does not exist yet")
+            continue
+        st = Topic(layout.queue, name, settings.queue).stats()
+        if st.dead:
+            problems.append(f"{name}: {st.dead} dead letter(s) (fraudpipe queue ls {name})")
+        if st.pending >= settings.queue.max_backlog:
+            problems.append(f"{name}: {st.pending} pending, at the backlog bound")
+    return problems
+
+
+def wait_for_flow(
+    settings: Settings,
+    timeout_s: float,
+    poll_s: float = 1.0,
+    on_wait: Callable[[float, list[str]], None] | None = None,
+) -> FlowReport:
+    """Poll until transactions generated after the call are scored, or timeout_s passes."""
+    layout = Layout(settings.data_dir)
+    started = time.time()
+    next_report = started + 10.0
+    while True:
+        found = fresh_scored_batch(layout, started)
+        now = time.time()
+        if found is not None:
+            path, df = found
+            return FlowReport(
+                ok=True,
+                waited_s=round(now - started, 1),
+                batch=path.stem.split("~")[0],
+                rows=df.height,
+                model_version=df["model_version"][0],
+                latency_ms_p50=round(float(df["latency_ms"].median()), 1),  # type: ignore[arg-type]
+            )
+        if now - started >= timeout_s:
+            return FlowReport(
+                ok=False, waited_s=round(now - started, 1), problems=diagnose(layout, settings)
+            )
+        if on_wait is not None and now >= next_report:
+            next_report = now + 10.0
+            on_wait(now - started, diagnose(layout, settings))
+        time.sleep(poll_s)
