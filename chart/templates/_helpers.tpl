@@ -1,0 +1,94 @@
+{{/* Names, labels and the per-stage pieces every template shares. */}}
+
+{{- define "fraudpipe.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-<chart>, or just <release> when it already contains the chart name. */}}
+{{- define "fraudpipe.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of a stage's resources. Call with (dict "root" $ "stage" "infer"). */}}
+{{- define "fraudpipe.stageName" -}}
+{{- printf "%s-%s" (include "fraudpipe.fullname" .root | trunc 52 | trimSuffix "-") .stage }}
+{{- end }}
+
+{{- define "fraudpipe.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: name + instance (+ component for a stage). Never change on upgrade. */}}
+{{- define "fraudpipe.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fraudpipe.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "fraudpipe.labels" -}}
+helm.sh/chart: {{ include "fraudpipe.chart" . }}
+{{ include "fraudpipe.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: fraudpipe
+{{- end }}
+
+{{/* Labels of a stage's resources. Call with (dict "root" $ "stage" "infer"). */}}
+{{- define "fraudpipe.stageLabels" -}}
+{{ include "fraudpipe.labels" .root }}
+app.kubernetes.io/component: {{ .stage }}
+{{- end }}
+
+{{- define "fraudpipe.stageSelectorLabels" -}}
+{{ include "fraudpipe.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .stage }}
+{{- end }}
+
+{{- define "fraudpipe.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "fraudpipe.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "fraudpipe.claimName" -}}
+{{- default (printf "%s-data" (include "fraudpipe.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{/* The image of a stage: the GPU tag for gpu stages. Call with (dict "root" $ "device" "gpu"). */}}
+{{- define "fraudpipe.image" -}}
+{{- $tag := default .root.Chart.AppVersion .root.Values.image.tag }}
+{{- if eq .device "gpu" }}
+{{- $tag = default (printf "%s-gpu" $tag) .root.Values.image.gpuTag }}
+{{- end }}
+{{- printf "%s:%s" .root.Values.image.repository $tag }}
+{{- end }}
+
+{{/* The shared volume and /tmp, as pod volumes. */}}
+{{- define "fraudpipe.volumes" -}}
+- name: data
+{{- if or .Values.persistence.enabled .Values.persistence.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ include "fraudpipe.claimName" . }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end }}
+
+{{/* The pipeline configuration: the user's `config` plus what the chart owns. */}}
+{{- define "fraudpipe.config" -}}
+{{- $owned := dict "data_dir" .Values.persistence.mountPath "metrics" (dict "host" "0.0.0.0" "port" .Values.metrics.port) }}
+{{- toYaml (merge $owned (deepCopy .Values.config)) }}
+{{- end }}

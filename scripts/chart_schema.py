@@ -1,0 +1,73 @@
+"""Keep chart/values.schema.json's `config` in step with the pydantic configuration model.
+
+The chart's `config` value is the worker's configuration (same names, same limits), so its
+schema is generated from `fraudpipe.config.Settings`, minus what the chart owns (`data_dir` is
+persistence.mountPath, `metrics` is metrics.port). `python scripts/chart_schema.py` rewrites the
+file; `--check` exits 1 when it is out of date (the chart tests run the same comparison).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fraudpipe.config import Settings
+
+SCHEMA = Path(__file__).resolve().parent.parent / "chart" / "values.schema.json"
+CHART_OWNED = ("data_dir", "metrics")
+
+
+def _strip_titles(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip_titles(v) for k, v in node.items() if k != "title"}
+    if isinstance(node, list):
+        return [_strip_titles(v) for v in node]
+    return node
+
+
+def config_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the `config` property's schema, the definitions it refers to)."""
+    generated = _strip_titles(Settings.model_json_schema(ref_template="#/definitions/{model}"))
+    definitions = generated.pop("$defs")
+    for name in CHART_OWNED:
+        generated["properties"].pop(name)
+    used: set[str] = set()
+    text = json.dumps(generated)
+    while True:  # the definitions `config` refers to, directly or through other definitions
+        found = {d for d in definitions if f'"#/definitions/{d}"' in text} - used
+        if not found:
+            break
+        used |= found
+        text = json.dumps([definitions[d] for d in found])
+    generated["description"] = (
+        "The pipeline configuration (names as `fraudpipe config` prints them); "
+        "data_dir and metrics are set by the chart."
+    )
+    return generated, {d: definitions[d] for d in sorted(used)}
+
+
+def synced(schema: dict[str, Any]) -> dict[str, Any]:
+    config, definitions = config_schema()
+    out = dict(schema)
+    out["properties"] = {**schema["properties"], "config": config}
+    kept = {k: v for k, v in schema.get("definitions", {}).items() if not k.endswith("Settings")}
+    out["definitions"] = {**kept, **definitions}
+    return out
+
+
+def main() -> int:
+    current = json.loads(SCHEMA.read_text())
+    wanted = synced(current)
+    if "--check" in sys.argv:
+        if wanted != current:
+            print(f"{SCHEMA} is out of date: run `make chart-schema`", file=sys.stderr)
+            return 1
+        return 0
+    SCHEMA.write_text(json.dumps(wanted, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

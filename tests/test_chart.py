@@ -1,0 +1,565 @@
+"""The Helm chart, rendered by the real Helm engine and validated against the Kubernetes schemas.
+
+What `helm install` would send to the API server for the default values, each values file and
+`--set` combinations: strict schema validation for every supported Kubernetes version, strict
+lint, and the behaviour operators rely on (replicas, GPU toggles, storage, labels, security,
+RBAC scope, schema rejections).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+from fraudpipe.config import load_settings
+from tests.chart import (
+    CHART,
+    KUBE_VERSIONS,
+    NAMESPACE,
+    ROOT,
+    Rendered,
+    deep_merge,
+    render,
+    values_from,
+)
+
+# Every case is `helm install -f FILES --set SETS`.
+CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "defaults": ((), ()),
+    "kind": (("values-kind.yaml",), ()),
+    "gpu": (("values-gpu.yaml",), ()),
+    "gpu-runtimeclass": (("values-gpu.yaml",), ("gpu.runtimeClassName=nvidia",)),
+    "infer-replicas": ((), ("stages.infer.replicas=5",)),
+    "infer-on-gpu": ((), ("stages.infer.device=gpu,stages.infer.gpus=2",)),
+    "dashboard": ((), ("stages.dashboard.enabled=true,dashboard.service.type=NodePort",)),
+    "existing-claim": ((), ("persistence.existingClaim=shared-flashblade",)),
+    "rwo-no-class": ((), ("persistence.accessMode=ReadWriteOnce,persistence.storageClass=-",)),
+    "no-persistence": ((), ("persistence.enabled=false",)),
+    "monitoring": ((), ("metrics.serviceMonitor.enabled=true,podDisruptionBudget.enabled=true",)),
+    "paused-train": ((), ("stages.train.replicas=0,stages.gather.enabled=false",)),
+    "extras": (
+        ("values-kind.yaml",),
+        (
+            "--set-string stages.infer.extraEnv[0].name=FRAUDPIPE_INFER__THREADS,"
+            "stages.infer.extraEnv[0].value=2",
+            "stages.preprocess.tolerations[0].key=dedicated,"
+            "stages.preprocess.tolerations[0].operator=Exists",
+            "stages.train.probes.liveness.failureThreshold=20,fullnameOverride=fraud",
+            "config.gather.rate=500",
+            "--set-json config.infer.threshold=0.7",
+        ),
+    ),
+}
+# What a cluster with the Prometheus operator serves (for the gated ServiceMonitor).
+WITH_OPERATOR = ("monitoring.coreos.com/v1", "policy/v1", "apps/v1", "v1")
+# apiVersion/kind pairs the chart may emit: GA APIs served by every supported version.
+ALLOWED_KINDS = {
+    ("v1", "ConfigMap"),
+    ("v1", "PersistentVolumeClaim"),
+    ("v1", "Pod"),
+    ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("apps/v1", "Deployment"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+}
+
+
+def case(name: str, **kw: Any) -> Rendered:
+    files, sets = CASES[name]
+    return render(values_from(files, sets), **kw)
+
+
+def _values(files: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> dict[str, Any]:
+    return values_from(files, sets)
+
+
+# -- every document is valid Kubernetes --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_document_validates_strictly_on_every_supported_version(name: str) -> None:
+    rendered = case(name, api_versions=WITH_OPERATOR)
+    assert rendered.kind("Deployment")
+    for doc in rendered.docs:
+        assert (doc["apiVersion"], doc["kind"]) in ALLOWED_KINDS, doc["kind"]
+        if doc["kind"] == "ServiceMonitor":
+            continue  # a CRD: no schema in kubernetes-validate; checked in its own test
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(
+                    f"{doc['kind']}/{doc['metadata']['name']} invalid on {version}: {exc.message}"
+                )
+
+
+@pytest.mark.parametrize("files", [(), ("values-kind.yaml",), ("values-gpu.yaml",)])
+def test_lint_strict_is_clean(files: tuple[str, ...]) -> None:
+    report = helm_python.lint(CHART, _values(files), strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    # Severity 2 = warning, 3 = error (strict lint fails on both); 1 = info ("icon").
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_values_files_install_what_they_say() -> None:
+    kind = case("kind")
+    assert {d["metadata"]["labels"]["fraudpipe.io/device"] for d in kind.kind("Deployment")} == {
+        "cpu"
+    }
+    for pod in kind.pod_specs():
+        assert pod["containers"][0]["imagePullPolicy"] == "Never"
+    (pvc,) = kind.kind("PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"]["storageClassName"] == "standard"
+
+    gpu = case("gpu")
+    (pvc,) = gpu.kind("PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"]["storageClassName"] == "pure-file"
+
+
+# -- replicas and GPU toggles -------------------------------------------------------------------
+
+
+def test_set_replicas_changes_only_that_deployment() -> None:
+    before = case("defaults").docs
+    after = case("infer-replicas").docs
+    assert len(before) == len(after)
+    changed = [(b, a) for b, a in zip(before, after, strict=True) if b != a]
+    assert len(changed) == 1, [b["metadata"]["name"] for b, _ in changed]
+    b, a = changed[0]
+    assert a["kind"] == "Deployment" and a["metadata"]["name"] == "fp-fraudpipe-infer"
+    assert (b["spec"]["replicas"], a["spec"]["replicas"]) == (1, 5)
+    a["spec"]["replicas"] = 1
+    assert a == b, "something besides spec.replicas changed"
+
+
+def _gpu_request(deployment: dict[str, Any]) -> Any:
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"].get("limits", {})
+    return limits.get("nvidia.com/gpu")
+
+
+def test_gpu_stages_request_gpus_and_cpu_stages_do_not() -> None:
+    for name in CASES:
+        for stage, dep in case(name).deployments().items():
+            device = dep["metadata"]["labels"]["fraudpipe.io/device"]
+            pod = dep["spec"]["template"]["spec"]
+            image = pod["containers"][0]["image"]
+            if device == "gpu":
+                assert _gpu_request(dep) is not None, (name, stage)
+                assert image.endswith("-gpu"), (name, stage, image)
+                assert "--device=gpu" in pod["containers"][0]["args"]
+            else:
+                assert _gpu_request(dep) is None, (name, stage)
+                assert not image.endswith("-gpu"), (name, stage, image)
+                assert "--device=cpu" in pod["containers"][0]["args"]
+                assert "runtimeClassName" not in pod
+
+    gpu = case("gpu-runtimeclass").deployments()
+    assert {s for s, d in gpu.items() if _gpu_request(d)} == {"preprocess", "train", "infer"}
+    for stage in ("preprocess", "train", "infer"):
+        pod = gpu[stage]["spec"]["template"]["spec"]
+        assert _gpu_request(gpu[stage]) == 1
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+            "tolerations"
+        ]
+        assert pod["runtimeClassName"] == "nvidia"
+        # The CPU memory request is kept alongside the GPU limit.
+        assert pod["containers"][0]["resources"]["requests"]["memory"]
+        # No rollout may need a second GPU while the old pod still holds one.
+        assert gpu[stage]["spec"]["strategy"]["type"] in ("Recreate", "RollingUpdate")
+        assert gpu[stage]["spec"]["strategy"].get("rollingUpdate", {}).get("maxSurge", 0) == 0
+    gather = gpu["gather"]["spec"]["template"]["spec"]
+    assert "nodeSelector" not in gather and "tolerations" not in gather
+
+    one = case("infer-on-gpu").deployments()
+    assert {s for s, d in one.items() if _gpu_request(d)} == {"infer"}
+    assert _gpu_request(one["infer"]) == 2
+    assert one["infer"]["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "fraudpipe:0.1.0-gpu"
+    )
+
+
+# -- storage ------------------------------------------------------------------------------------
+
+
+def _data_volume(pod: dict[str, Any]) -> dict[str, Any]:
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "data"]
+    return vol
+
+
+def test_every_pod_mounts_the_one_shared_claim() -> None:
+    rendered = case("defaults")
+    (pvc,) = rendered.kind("PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert "storageClassName" not in pvc["spec"]  # the cluster's default class
+    for pod in rendered.pod_specs():
+        assert _data_volume(pod) == {
+            "name": "data",
+            "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]},
+        }
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "data"]
+        assert mount["mountPath"] == "/mnt/flashblade"
+
+
+def test_existing_claim_is_used_and_no_claim_is_created() -> None:
+    rendered = case("existing-claim")
+    assert rendered.kind("PersistentVolumeClaim") == []
+    for pod in rendered.pod_specs():
+        assert _data_volume(pod)["persistentVolumeClaim"]["claimName"] == "shared-flashblade"
+    assert "existing claim shared-flashblade" in rendered.notes
+
+
+def test_rwo_claim_without_class_and_the_test_pod_follows_the_stages() -> None:
+    rendered = case("rwo-no-class")
+    (pvc,) = rendered.kind("PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"]["storageClassName"] == ""  # "-": bind a pre-created PV
+    (test_pod,) = rendered.kind("Pod")
+    term = test_pod["spec"]["affinity"]["podAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term[0]["topologyKey"] == "kubernetes.io/hostname"
+    (rwx_test_pod,) = case("defaults").kind("Pod")
+    assert "affinity" not in rwx_test_pod["spec"]
+
+
+def test_without_persistence_pods_get_empty_dirs_and_a_warning() -> None:
+    rendered = case("no-persistence")
+    assert rendered.kind("PersistentVolumeClaim") == []
+    for pod in rendered.pod_specs():
+        assert _data_volume(pod) == {"name": "data", "emptyDir": {}}
+    assert "WARNING: persistence is off" in rendered.notes
+
+
+# -- labels, selectors, services ----------------------------------------------------------------
+
+STANDARD = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+)
+
+
+def test_standard_labels_and_stable_selectors() -> None:
+    rendered = case("dashboard", api_versions=WITH_OPERATOR)
+    for doc in rendered.docs:
+        labels = doc["metadata"]["labels"]
+        assert all(k in labels for k in STANDARD), (doc["kind"], labels)
+        assert labels["app.kubernetes.io/instance"] == "fp"
+        assert doc["metadata"]["namespace"] == NAMESPACE
+    pods_by_stage = {}
+    for stage, dep in rendered.deployments().items():
+        selector = dep["spec"]["selector"]["matchLabels"]
+        # Selectors are immutable: name + instance + component only, never version or chart.
+        assert selector == {
+            "app.kubernetes.io/name": "fraudpipe",
+            "app.kubernetes.io/instance": "fp",
+            "app.kubernetes.io/component": stage,
+        }
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= pod_labels.items()
+        pods_by_stage[stage] = pod_labels
+    assert set(pods_by_stage) == {"gather", "preprocess", "train", "infer", "dashboard"}
+    for svc in rendered.kind("Service"):
+        selected = [
+            s
+            for s, labels in pods_by_stage.items()
+            if svc["spec"]["selector"].items() <= labels.items()
+        ]
+        assert len(selected) == 1, (svc["metadata"]["name"], selected)
+        for port in svc["spec"]["ports"]:
+            assert port["protocol"] == "TCP"  # 1.20 server-side apply rejects it missing
+            named = [
+                p["name"]
+                for p in rendered.deployments()[selected[0]]["spec"]["template"]["spec"][
+                    "containers"
+                ][0]["ports"]
+            ]
+            assert port["targetPort"] in named
+    names = {s["metadata"]["name"] for s in rendered.kind("Service")}
+    assert "fp-fraudpipe-dashboard" in names
+    assert {f"fp-fraudpipe-{s}-metrics" for s in pods_by_stage} <= names
+
+
+def test_service_monitor_and_pdb_only_where_the_cluster_serves_them() -> None:
+    # Without the Prometheus operator's API: no ServiceMonitor, and NOTES says why. (The
+    # engine's offline API list always holds policy/v1, so the PDB's gate, which matters on
+    # Kubernetes < 1.21, is exercised by the real-cluster tests.)
+    plain = case("monitoring")
+    assert plain.kind("ServiceMonitor") == []
+    assert "no ServiceMonitor was created" in plain.notes
+    assert "no PodDisruptionBudget was created" not in plain.notes
+
+    full = case("monitoring", api_versions=WITH_OPERATOR)
+    (sm,) = full.kind("ServiceMonitor")
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    metrics_services = [
+        s
+        for s in full.kind("Service")
+        if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert len(metrics_services) == 4  # one per enabled stage, none of them the web Service
+    pdbs = full.kind("PodDisruptionBudget")
+    assert {p["metadata"]["name"] for p in pdbs} == {
+        f"fp-fraudpipe-{s}" for s in ("gather", "preprocess", "train", "infer")
+    }
+    assert "no ServiceMonitor" not in full.notes
+    # Off by default even where the APIs exist.
+    default = case("defaults", api_versions=WITH_OPERATOR)
+    assert default.kind("ServiceMonitor") == [] and default.kind("PodDisruptionBudget") == []
+
+
+# -- security -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["defaults", "kind", "gpu", "dashboard"])
+def test_pods_are_non_root_with_read_only_root_filesystems(name: str) -> None:
+    for pod in case(name).pod_specs():
+        sec = pod["securityContext"]
+        assert sec["runAsNonRoot"] is True and sec["runAsUser"] != 0
+        assert sec["fsGroup"] == 10001  # the shared volume is writable by the user
+        assert sec["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["enableServiceLinks"] is False
+        (container,) = pod["containers"]
+        csec = container["securityContext"]
+        assert csec["readOnlyRootFilesystem"] is True
+        assert csec["allowPrivilegeEscalation"] is False
+        assert csec["capabilities"] == {"drop": ["ALL"]}
+        writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert "emptyDir" in volumes[tmp["name"]]
+        is_test = container["args"][0] == "check"
+        # Writable: /tmp and the shared volume, which the helm test pod only reads.
+        assert writable == ({"/tmp"} if is_test else {"/tmp", "/mnt/flashblade"})
+
+
+def test_only_the_dashboard_gets_an_api_token_and_its_role_is_narrow() -> None:
+    default = case("defaults")
+    assert default.kind("Role") == [] and default.kind("RoleBinding") == []
+    (sa,) = default.kind("ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
+
+    rendered = case("dashboard")
+    deps = rendered.deployments()
+    for stage, dep in deps.items():
+        assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is (
+            stage == "dashboard"
+        )
+    (role,) = rendered.kind("Role")
+    (binding,) = rendered.kind("RoleBinding")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert rendered.kind("ClusterRole") == [] and rendered.kind("ClusterRoleBinding") == []
+    release_deployments = sorted(d["metadata"]["name"] for d in deps.values())
+    rules = {
+        (tuple(r["apiGroups"]), tuple(r["resources"])): (
+            sorted(r["verbs"]),
+            sorted(r.get("resourceNames", [])),
+        )
+        for r in role["rules"]
+    }
+    assert rules == {
+        (("apps",), ("deployments",)): (["get"], release_deployments),
+        (("apps",), ("deployments/scale",)): (["get", "patch", "update"], release_deployments),
+        (("",), ("pods",)): (["get", "list", "watch"], []),
+        (("metrics.k8s.io",), ("pods",)): (["get", "list"], []),
+    }
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "fp-fraudpipe", "namespace": NAMESPACE}
+    ]
+    (dash,) = [d for d in rendered.pod_specs() if d.get("automountServiceAccountToken")]
+    assert dash["serviceAccountName"] == "fp-fraudpipe"
+    assert case("dashboard", api_versions=WITH_OPERATOR).kind("Role")
+    assert (
+        render(values_from((), ("stages.dashboard.enabled=true,rbac.create=false",))).kind("Role")
+        == []
+    )
+
+
+# -- schema rejections --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("set_expr", "expected"),
+    [
+        ("stages.infer.replicas=-1", "at '/stages/infer/replicas': minimum: got -1"),
+        ("stages.preprocess.device=tpu", "at '/stages/preprocess/device': value must be one of"),
+        (
+            "persistence.accessMode=ReadWriteSometimes",
+            "at '/persistence/accessMode': value must be one of 'ReadWriteMany', 'ReadWriteOnce'",
+        ),
+        ("persistence.size=10", "at '/persistence/size': got number, want string"),
+        ("persistence.size=ten", "at '/persistence/size': 'ten' does not match pattern"),
+        ("persistence.size=10gb", "at '/persistence/size': '10gb' does not match pattern"),
+        ("stages.gather.replicas=2", "at '/stages/gather/replicas': maximum: got 2, want 1"),
+        ("stages.infer.resources.requests.cpu=lots", "at '/stages/infer/resources/requests/cpu'"),
+        ("stages.spark.enabled=true", "at '/stages': additional properties 'spark' not allowed"),
+        ("config.gather.rate=-5", "at '/config/gather/rate': exclusiveMinimum: got -5, want 0"),
+        ("config.infer.threshold=2", "at '/config/infer/threshold'"),
+        (
+            "config.queue.lease_seconds=5",
+            "at '/config/queue': additional properties 'lease_seconds'",
+        ),
+        ("config.data_dir=/x", "at '/config': additional properties 'data_dir' not allowed"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy': value must be one of"),
+        ("metrics.port=70000", "at '/metrics/port': maximum: got 70,000, want 65,535"),
+    ],
+)
+def test_bad_values_fail_with_a_message_naming_them(set_expr: str, expected: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as err:
+        render(values_from((), (set_expr,)))
+    assert expected in str(err.value)
+
+
+def test_config_schema_is_generated_from_the_configuration_model() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import chart_schema
+    finally:
+        sys.path.pop(0)
+    current = yaml.safe_load((CHART / "values.schema.json").read_text())
+    assert chart_schema.synced(current) == current, "run `make chart-schema`"
+
+
+# -- the rendered pods really run fraudpipe -----------------------------------------------------
+
+
+def _config_file(rendered: Rendered, tmp_path: Path) -> Path:
+    (cm,) = rendered.kind("ConfigMap")
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    return path
+
+
+def test_configmap_is_a_valid_pipeline_config_with_the_chart_owned_fields(tmp_path: Path) -> None:
+    rendered = case("extras")
+    settings = load_settings(_config_file(rendered, tmp_path))
+    assert str(settings.data_dir) == "/mnt/flashblade"
+    assert settings.metrics.port == 9108 and settings.metrics.host == "0.0.0.0"
+    assert settings.gather.rate == 500 and settings.infer.threshold == 0.7
+    deps = rendered.deployments()
+    assert {"name": "FRAUDPIPE_INFER__THREADS", "value": "2"} in deps["infer"]["spec"]["template"][
+        "spec"
+    ]["containers"][0]["env"]
+    # A config change rolls the pods; the same config does not.
+    assert (
+        deps["infer"]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        != case("kind").deployments()["infer"]["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"
+        ]
+    )
+    assert case("kind").docs == case("kind").docs
+
+
+def _run_container(
+    container: dict[str, Any], config: Path, data: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """The container's command, as the image's entrypoint `fraudpipe` would run it."""
+    args = [a for a in container["args"] if not a.startswith("--config=")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
+    # The environment outranks the file: point data_dir and the port at this test.
+    env |= {"FRAUDPIPE_DATA_DIR": str(data), "FRAUDPIPE_METRICS__PORT": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "fraudpipe", *args, f"--config={config}", *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_rendered_commands_start_the_stages_and_the_helm_test(tmp_path: Path) -> None:
+    rendered = case("kind")
+    config = _config_file(rendered, tmp_path)
+    data = tmp_path / "data"
+    gather = rendered.deployments()["gather"]["spec"]["template"]["spec"]["containers"][0]
+    done = _run_container(gather, config, data, "--once")
+    assert done.returncode == 0, done.stderr
+    assert list((data / "queue" / "raw-transactions" / "pending").glob("*.parquet"))
+
+    (test_pod,) = rendered.kind("Pod")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    check = _run_container(test_pod["spec"]["containers"][0], config, data, "--timeout=1")
+    # Nothing runs here, so the check must fail and say what stands still.
+    assert check.returncode == 1
+    assert "no live infer worker" in check.stderr
+    assert "no model promoted yet" in check.stderr
+
+
+# -- the README's helm commands work as written -------------------------------------------------
+
+
+def _readme_helm_commands() -> list[list[str]]:
+    """Every `helm install|upgrade` command in README code blocks, split like a shell would."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    return [
+        shlex.split(line.split("#")[0].lstrip("$ "))
+        for line in text.splitlines()
+        if re.match(r"^(\$ )?helm (install|upgrade) ", line)
+    ]
+
+
+def _as_values(argv: list[str], base: dict[str, Any]) -> dict[str, Any]:
+    files, sets = [], []
+    values = base if "--reuse-values" in argv else {}
+    for flag, arg in zip(argv, [*argv[1:], ""], strict=True):
+        if flag == "-f":
+            files.append(arg)
+        elif flag in ("--set", "--set-json", "--set-string"):
+            sets.append(arg if flag == "--set" else f"{flag} {arg}")
+    return deep_merge(values, values_from(files, sets))
+
+
+def test_readme_helm_commands_render_as_documented() -> None:
+    commands = _readme_helm_commands()
+    assert len(commands) >= 6, commands
+    installed = values_from(("values-kind.yaml",))  # what `make kind-up` installed
+    baseline = render(installed).deployments()
+    seen_files: set[str] = set()
+    for argv in commands:
+        assert argv[3] == "./chart", argv
+        seen_files |= {a for a in argv if a.startswith("values-")}
+        values = _as_values(argv, installed)
+        if "stages.infer.replicas=-1" in argv:
+            with pytest.raises(helm_python.HelmValuesError) as err:
+                render(values)
+            readme = (ROOT / "README.md").read_text()
+            quoted = "- at '/stages/infer/replicas': minimum: got -1, want 0"
+            assert quoted in readme and quoted in str(err.value)
+            continue
+        deployments = render(values).deployments()
+        if "stages.infer.replicas=5" in argv:
+            assert deployments["infer"]["spec"]["replicas"] == 5
+            for stage in ("gather", "preprocess", "train"):
+                assert deployments[stage] == baseline[stage]
+    assert seen_files == {"values-kind.yaml", "values-gpu.yaml"}
+
+
+def test_chart_app_version_is_the_package_version() -> None:
+    """The default image tag is the appVersion: it must name the image `make image` builds."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'\nversion = "{chart["appVersion"]}"\n' in pyproject
