@@ -5,7 +5,21 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 DATA   ?= fraudpipe-data
 
-.PHONY: install run test test-fast lint format bench clean
+# Images and clusters (need docker, kind, helm and kubectl; see README "Deploy").
+VERSION   := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE     ?= fraudpipe
+DOCKER    ?= docker
+CLUSTER   ?= fraudpipe
+RELEASE   ?= fraudpipe
+NAMESPACE ?= fraudpipe
+VALUES    ?= values-kind.yaml
+HELM_ARGS ?=
+
+# $(call need,TOOL,where to get it): stop with a clear message when TOOL is not installed.
+need = @command -v $(1) >/dev/null 2>&1 || { echo "error: '$(1)' is not installed (needed by 'make $@'): $(2)" >&2; exit 127; }
+
+.PHONY: install run test test-fast lint format bench clean \
+	chart-test chart-schema image image-gpu kind-up kind-down deploy
 
 $(BIN)/fraudpipe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,19 +33,61 @@ run: install ## run the whole pipeline locally (Ctrl-C stops)
 	$(BIN)/fraudpipe run --data-dir $(DATA)
 
 lint: install ## ruff + mypy
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
 
 test: install lint ## lint, then every test (unit, property, multi-process, whole pipeline)
 	$(BIN)/pytest
 
 test-fast: install ## skip the whole-pipeline tests
 	$(BIN)/pytest -m "not slow"
+
+chart-test: install ## the chart tests only (real Helm engine, strict Kubernetes schemas)
+	$(BIN)/pytest tests/test_chart.py
+
+chart-schema: install ## regenerate the `config` part of chart/values.schema.json
+	$(BIN)/python scripts/chart_schema.py
+
+image: ## build the CPU image $(IMAGE):$(VERSION)
+	$(call need,$(DOCKER),https://docs.docker.com/get-docker/ (or DOCKER=podman))
+	$(DOCKER) build --target cpu --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
+
+image-gpu: ## build the GPU image $(IMAGE):$(VERSION)-gpu (CUDA 12 runtime, cupy/cudf)
+	$(call need,$(DOCKER),https://docs.docker.com/get-docker/ (or DOCKER=podman))
+	$(DOCKER) build --target gpu --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION)-gpu .
+
+kind-up: ## local cluster: create it, build and load the image, install values-kind.yaml
+	$(call need,$(DOCKER),https://docs.docker.com/get-docker/)
+	$(call need,kind,https://kind.sigs.k8s.io/docs/user/quick-start/#installation)
+	$(call need,helm,https://helm.sh/docs/intro/install/)
+	$(call need,kubectl,https://kubernetes.io/docs/tasks/tools/)
+	kind get clusters 2>/dev/null | grep -qx '$(CLUSTER)' || kind create cluster --name $(CLUSTER) --wait 120s
+	$(MAKE) --no-print-directory image
+	kind load docker-image $(IMAGE):$(VERSION) --name $(CLUSTER)
+	helm upgrade --install $(RELEASE) chart --kube-context kind-$(CLUSTER) \
+		-n $(NAMESPACE) --create-namespace -f values-kind.yaml \
+		--set image.repository=$(IMAGE) --set image.tag=$(VERSION) $(HELM_ARGS) --wait --timeout 10m
+	@echo
+	@echo "fraudpipe is running in kind cluster '$(CLUSTER)', namespace '$(NAMESPACE)'."
+	@echo "  watch:  kubectl --context kind-$(CLUSTER) -n $(NAMESPACE) get pods"
+	@echo "  prove:  helm test $(RELEASE) --kube-context kind-$(CLUSTER) -n $(NAMESPACE) --logs --timeout 7m"
+	@echo "  queues: kubectl --context kind-$(CLUSTER) -n $(NAMESPACE) exec deploy/$(RELEASE)-infer -- fraudpipe queue stats --config /etc/fraudpipe/config.yaml"
+	@echo "  dashboard: the image has no dashboard stage yet (stages.dashboard.enabled=false)"
+	@echo "  remove: make kind-down"
+
+kind-down: ## delete the local kind cluster
+	$(call need,kind,https://kind.sigs.k8s.io/docs/user/quick-start/#installation)
+	kind delete cluster --name $(CLUSTER)
+
+deploy: ## helm upgrade --install into the current kubectl context: make deploy VALUES=values-gpu.yaml
+	$(call need,helm,https://helm.sh/docs/intro/install/)
+	helm upgrade --install $(RELEASE) chart -n $(NAMESPACE) --create-namespace \
+		-f $(VALUES) $(HELM_ARGS) --wait --timeout 10m
 
 clean:
 	rm -rf $(DATA) test-artifacts .pytest_cache .mypy_cache .ruff_cache
