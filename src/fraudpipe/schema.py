@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import polars as pl
+from polars.datatypes import DataTypeClass
+
+_Nested = pl.DataType | DataTypeClass  # a member of a List or Struct
 
 TS = pl.Datetime("us")  # simulated/event time, naive UTC
 
@@ -22,6 +25,11 @@ LABELS: dict[str, pl.DataType] = {
     "label_ts": TS,
 }
 
+# An alert's reason codes: the REASONS features contributing most towards fraud (SHAP values of
+# the LightGBM booster, in log-odds), largest first; model.top_contributions computes them.
+REASONS = 3
+REASON = pl.Struct({"feature": pl.String(), "contribution": pl.Float64()})
+
 RESULTS: dict[str, pl.DataType] = {
     "transaction_id": pl.Int64(),
     "ts": TS,
@@ -34,6 +42,8 @@ RESULTS: dict[str, pl.DataType] = {
     "created_at": pl.Float64(),
     "scored_at": pl.Float64(),
     "latency_ms": pl.Float64(),
+    # top REASONS contributions for an alert; an empty list (never null) for any other row
+    "reasons": pl.List(REASON),
 }
 
 
@@ -60,8 +70,23 @@ def check(df: pl.DataFrame, expected: dict[str, pl.DataType], what: str) -> pl.D
 
 
 def _castable(got: pl.DataType, want: pl.DataType) -> bool:
+    if isinstance(got, pl.List) and isinstance(want, pl.List):
+        # List(Null) is how a column of nothing but empty lists comes out of plain Python lists
+        return isinstance(got.inner, pl.Null) or _same_or_castable(got.inner, want.inner)
+    if isinstance(got, pl.Struct) and isinstance(want, pl.Struct):
+        fields = {f.name: f.dtype for f in got.fields}
+        return list(fields) == [f.name for f in want.fields] and all(
+            _same_or_castable(fields[f.name], f.dtype) for f in want.fields
+        )
     if got.is_integer() and (want.is_integer() or want.is_float()):
         return True
     if got.is_float() and want.is_float():
         return True
     return isinstance(got, pl.Datetime) and isinstance(want, pl.Datetime)
+
+
+def _same_or_castable(got: _Nested, want: _Nested) -> bool:
+    """For nested types, whose members polars may hand out as classes (pl.String) or instances."""
+    got_ = got() if isinstance(got, type) else got
+    want_ = want() if isinstance(want, type) else want
+    return got_ == want_ or _castable(got_, want_)
