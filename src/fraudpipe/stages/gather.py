@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from fraudpipe import durable, schema
+from fraudpipe.control import GenerationControl
 from fraudpipe.eventlog import EventLog
 from fraudpipe.layout import LABELS, RAW
 from fraudpipe.queue import make_id
@@ -83,6 +84,7 @@ class Gather(Stage):
         self.identity = identity
         self._days: dict[int, pl.DataFrame | None] = {}
         self.next_due = time.monotonic()
+        self.control = GenerationControl(ctx.layout)
         self.finished = False
         self._last_prune = 0.0
 
@@ -170,6 +172,11 @@ class Gather(Stage):
         if self.finished:
             return Outcome(finished=True)
         paced = self.ctx.mode is Mode.FOREVER
+        asked = self.control.poll() if paced else None
+        if asked is not None and asked.paused:
+            self.next_due = time.monotonic()
+            return Outcome(idle_for=self.ctx.settings.queue.poll_max_s)
+        rate = asked.rate if asked is not None and asked.rate else self.cfg.rate
         now = time.monotonic()
         if paced and now < self.next_due:
             return Outcome(idle_for=self.next_due - now)
@@ -189,7 +196,7 @@ class Gather(Stage):
         n = batch.height
         # Rows arrived evenly over the last batch interval and waited for the batch: their
         # end-to-end latency honestly includes that wait.
-        created = wall - (n - 1 - np.arange(n)) / self.cfg.rate
+        created = wall - (n - 1 - np.arange(n)) / rate
         tx = batch.with_columns(created_at=pl.Series(created)).select(list(schema.TRANSACTIONS))
         labels = self._labels_due(last)
         self.eventlog.write("transactions", msg_id, tx, first.date())
@@ -201,7 +208,9 @@ class Gather(Stage):
         self.rows_emitted += n
         self._save_checkpoint()
         if paced:
-            interval = self.cfg.batch_interval_s
+            # A rate set from the dashboard changes the pace, never the batch contents: batch
+            # k stays the same rows under the same id, which restarts rely on.
+            interval = self.rows_per_batch / rate
             self.next_due = max(self.next_due + interval, time.monotonic() - interval)
         return Outcome(rows=n, batches=1)
 
@@ -214,8 +223,10 @@ class Gather(Stage):
         self.eventlog.prune("labels", keep_from)
 
     def status(self) -> dict[str, Any]:
+        asked = self.control.current
         return {
             "sim_time": self.watermark.isoformat() if self.watermark else None,
             "source": self.cfg.source,
-            "target_rate": self.cfg.rate,
+            "target_rate": asked.rate or self.cfg.rate,
+            "paused": asked.paused,
         }

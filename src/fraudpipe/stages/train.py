@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from fraudpipe import schema
+from fraudpipe.control import TRAIN_NOW
 from fraudpipe.features import feature_names
 from fraudpipe.layout import LABELS
 from fraudpipe.queue import Claim
@@ -23,7 +24,6 @@ from fraudpipe.registry import ModelRegistry
 from fraudpipe.training import run_training
 from fraudpipe.worker import BatchStage, Context, Mode, Outcome
 
-TRIGGER = "train-now"
 _RETRY_WITHOUT_MODEL_S = 5.0
 
 
@@ -34,7 +34,7 @@ class Train(BatchStage):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.trigger = ctx.layout.control / TRIGGER
+        self.trigger = ctx.layout.control / TRAIN_NOW
         self.features = feature_names(ctx.settings.features)
         # The first attempt is due at once; later ones follow the schedule.
         self.next_due = time.monotonic()
