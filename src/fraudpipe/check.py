@@ -9,7 +9,7 @@ says what stands still: stages without a live worker, no promoted model, backlog
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +17,11 @@ from typing import Any
 import polars as pl
 
 from fraudpipe.config import STAGES, Settings
-from fraudpipe.layout import RESULTS, TOPICS, Layout
-from fraudpipe.queue import SUFFIX, Topic
+from fraudpipe.layout import TOPICS, Layout
+from fraudpipe.queue import Topic
 from fraudpipe.registry import ModelRegistry
-from fraudpipe.results import PARTITION
+from fraudpipe.results import recent_result_files
 from fraudpipe.worker import STATUS_STALE_S, read_status
-
-# Newest result partitions looked at each round: a batch scored now lands in the latest dates.
-_RECENT_PARTITIONS = 2
 
 
 @dataclass
@@ -41,24 +38,9 @@ class FlowReport:
         return dict(self.__dict__)
 
 
-def _recent_result_files(layout: Layout, since: float) -> Iterator[Path]:
-    """Scored batch files written after `since`: still in the topic, or just delivered."""
-    pending = layout.topic(RESULTS) / "pending"
-    dirs = [pending] if pending.is_dir() else []
-    if layout.results.is_dir():
-        dirs += sorted(layout.results.glob(f"{PARTITION}*"))[-_RECENT_PARTITIONS:]
-    for folder in dirs:
-        for path in folder.glob(f"*{SUFFIX}"):
-            try:
-                if path.stat().st_mtime >= since:
-                    yield path
-            except FileNotFoundError:
-                continue  # delivered meanwhile; found in results/ next round
-
-
 def fresh_scored_batch(layout: Layout, since: float) -> tuple[Path, pl.DataFrame] | None:
     """A scored batch holding transactions generated at or after `since`, if there is one."""
-    for path in _recent_result_files(layout, since):
+    for path in recent_result_files(layout, since):
         try:
             df = pl.read_parquet(path, columns=["created_at", "model_version", "latency_ms"])
         except (OSError, pl.exceptions.PolarsError):

@@ -53,7 +53,7 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
 
 @app.command()
 def worker(
-    stage: Annotated[str, typer.Option(help="gather | preprocess | train | infer")],
+    stage: Annotated[str, typer.Option(help="gather | preprocess | train | infer | dashboard")],
     device: Annotated[str, typer.Option(help="cpu | gpu")] = "cpu",
     once: Annotated[
         bool, typer.Option("--once", help="Handle exactly one batch, then exit.")
@@ -71,14 +71,20 @@ def worker(
     from fraudpipe.stages import StageError
     from fraudpipe.worker import Mode, Worker
 
-    if stage not in STAGES:
-        fail(f"--stage must be one of {', '.join(STAGES)}; got {stage!r}")
+    if stage not in (*STAGES, "dashboard"):
+        fail(f"--stage must be one of {', '.join(STAGES)}, dashboard; got {stage!r}")
     if device not in ("cpu", "gpu"):
         fail(f"--device must be cpu or gpu; got {device!r}")
     if once and burst:
         fail("--once and --burst exclude each other")
     settings = settings_from(config, data_dir=data_dir, **{"metrics.port": port})
     setup(settings.log.format, settings.log.level)
+    if stage == "dashboard":  # a web server, not a queue consumer: it computes nothing
+        from fraudpipe.dashboard.server import run_dashboard
+
+        if once or burst:
+            fail("the dashboard serves until stopped: --once/--burst do not apply")
+        raise typer.Exit(run_dashboard(settings))
     mode = Mode.ONCE if once else Mode.BURST if burst else Mode.FOREVER
     try:
         w = Worker(settings, stage, device, mode)
@@ -118,6 +124,9 @@ def run(
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for queues to drain.")
     ] = 120.0,
+    dashboard: Annotated[
+        bool, typer.Option(help="Serve the dashboard (its URL and token are printed).")
+    ] = True,
 ) -> None:
     """Run the whole pipeline on this machine: every stage as local processes over one folder."""
     from fraudpipe.runner import run_pipeline
@@ -126,7 +135,7 @@ def run(
         config, data_dir=data_dir, **{"gather.rate": rate, "gather.days": days}
     )
     summary = run_pipeline(
-        settings, _parse_replicas(replicas or []), duration, drain_timeout, console
+        settings, _parse_replicas(replicas or []), duration, drain_timeout, console, dashboard
     )
     console.print_json(json.dumps(summary, default=str))
 

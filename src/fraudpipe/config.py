@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -170,6 +170,20 @@ class MetricsSettings(_Section):
     port: int = Field(9108, ge=0, le=65535, description="/metrics and /healthz (0: any free).")
 
 
+class DashboardSettings(_Section):
+    host: str = Field(
+        "127.0.0.1", description="Address the dashboard listens on (0.0.0.0 in a cluster)."
+    )
+    port: int = Field(8080, ge=0, le=65535, description="Dashboard web port (0: any free).")
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token the controls require (scale, pause, rate, retrain); "
+        "unset: the dashboard is read-only.",
+    )
+    history_s: int = Field(600, ge=10, description="Seconds of history kept for the charts.")
+    recent_alerts: int = Field(20, ge=1, le=500, description="Latest alerts shown.")
+
+
 class LogSettings(_Section):
     format: Literal["auto", "json", "text"] = Field(
         "auto", description="auto: text on a terminal, JSON otherwise."
@@ -209,6 +223,7 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)  # type: ignore[arg-type]
     infer: InferSettings = Field(default_factory=InferSettings)  # type: ignore[arg-type]
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)  # type: ignore[arg-type]
     log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
 
     @classmethod

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 from prometheus_client import (
@@ -112,8 +112,14 @@ class Metrics:
         )
 
 
+class Exposed(Protocol):
+    """Anything with a registry to expose: a worker's Metrics, the dashboard's own."""
+
+    registry: CollectorRegistry
+
+
 class _Handler(BaseHTTPRequestHandler):
-    metrics: ClassVar[Metrics]
+    metrics: ClassVar[Exposed]
     health: ClassVar[Health]
 
     def do_GET(self) -> None:
@@ -151,7 +157,7 @@ class Health:
         return True, "ok"
 
 
-def serve(metrics: Metrics, health: Health, host: str, port: int) -> int:
+def serve(metrics: Exposed, health: Health, host: str, port: int) -> int:
     """Serve /metrics and /healthz in a daemon thread; return the bound port."""
     handler = type("Handler", (_Handler,), {"metrics": metrics, "health": health})
     server = ThreadingHTTPServer((host, port), handler)

@@ -14,10 +14,12 @@ import datetime as dt
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 
+from fraudpipe.layout import RESULTS, Layout
 from fraudpipe.queue import SUFFIX, Topic, id_time_ms
 
 PARTITION = "date="
@@ -88,4 +90,24 @@ def read_all(results: ResultsStore, topic: Topic | None = None) -> pl.DataFrame 
             frames.append(pl.read_parquet(path))
         except FileNotFoundError:  # delivered while we read
             frames.append(pl.read_parquet(results.path_for(msg_id)))
-    return pl.concat(frames, how="vertical_relaxed") if frames else None
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+
+# Newest date partitions looked at for fresh files: a batch scored now lands in the latest dates.
+_RECENT_PARTITIONS = 2
+
+
+def recent_result_files(layout: Layout, since: float) -> Iterator[Path]:
+    """Scored batch files written at or after `since` (epoch s): still in the topic, or just
+    delivered to results/. Files vanish while listed (delivery, pruning): they are skipped."""
+    pending = layout.topic(RESULTS) / "pending"
+    dirs = [pending] if pending.is_dir() else []
+    if layout.results.is_dir():
+        dirs += sorted(layout.results.glob(f"{PARTITION}*"))[-_RECENT_PARTITIONS:]
+    for folder in dirs:
+        for path in folder.glob(f"*{SUFFIX}"):
+            try:
+                if path.stat().st_mtime >= since:
+                    yield path
+            except FileNotFoundError:
+                continue

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +34,7 @@ from fraudpipe.results import ResultsStore
 from fraudpipe.worker import read_status
 
 START_ORDER = ("train", "infer", "preprocess", "gather")  # consumers first
+DASHBOARD = "dashboard"
 STOP_GRACE_S = 20.0
 RESTART_BACKOFF_S = 1.0
 
@@ -53,9 +56,13 @@ class Supervisor:
     console: Console = field(default_factory=Console)
     children: list[Child] = field(default_factory=list)
     # Stages whose dead workers are restarted; stopping empties it, gather first when draining.
-    keep_alive: set[str] = field(default_factory=lambda: set(STAGES))
+    keep_alive: set[str] = field(default_factory=lambda: {*STAGES, DASHBOARD})
+    dashboard: bool = True
 
     def __post_init__(self) -> None:
+        d = self.settings.dashboard
+        self.token = d.token.get_secret_value() if d.token else secrets.token_urlsafe(18)
+        self.dashboard_port = _free_port(d.host, d.port)
         self.layout = Layout(self.settings.data_dir)
         self.queue = Queue(self.layout.queue, self.settings.queue)
         self.registry = ModelRegistry(self.layout.models)
@@ -71,6 +78,8 @@ class Supervisor:
         doc = self.settings.model_dump(mode="json")
         doc["data_dir"] = str(Path(self.settings.data_dir).resolve())
         doc["metrics"]["port"] = 0  # many workers on one host: any free port each
+        doc["dashboard"]["port"] = self.dashboard_port
+        del doc["dashboard"]["token"]  # only the dashboard process gets it, by environment
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
@@ -79,6 +88,8 @@ class Supervisor:
         # folded into it, and must not override the flags given to `run`.
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
         env["FRAUDPIPE_LOG__FORMAT"] = "json"
+        if stage == DASHBOARD:
+            env["FRAUDPIPE_DASHBOARD__TOKEN"] = self.token
         key = (stage, index)
         if key not in self._logs:
             (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -103,6 +114,12 @@ class Supervisor:
         for stage in START_ORDER:
             for i in range(self.replicas.get(stage, 1)):
                 self.children.append(self._spawn(stage, i))
+        if self.dashboard:
+            self.children.append(self._spawn(DASHBOARD, 0))
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.settings.dashboard.host}:{self.dashboard_port}/#token={self.token}"
 
     def supervise(self) -> None:
         """Restart workers that died (as a Deployment would), with a short backoff."""
@@ -142,8 +159,8 @@ class Supervisor:
             self.wait_exit(("gather",), STOP_GRACE_S)
             self.wait_drained(self.drain_timeout_s)
         self.keep_alive.clear()
-        self.signal_stage(STAGES)
-        self.wait_exit(STAGES, STOP_GRACE_S)
+        self.signal_stage((*STAGES, DASHBOARD))
+        self.wait_exit((*STAGES, DASHBOARD), STOP_GRACE_S)
         for fh in self._logs.values():
             fh.close()
 
@@ -237,7 +254,7 @@ class Supervisor:
         p50 = p99 = None
         if paths:
             df = (
-                pl.scan_parquet(paths)
+                pl.scan_parquet(paths, missing_columns="insert", extra_columns="ignore")
                 .select(
                     pl.len().alias("n"),
                     pl.col("is_alert").sum().alias("alerts"),
@@ -263,14 +280,27 @@ class Supervisor:
         }
 
 
+def _free_port(host: str, wanted: int) -> int:
+    """`wanted` if it can be bound on host now, else any free port (two runs on one machine)."""
+    for port in (wanted, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise SystemExit(f"cannot bind the dashboard to {host}: no free port")
+
+
 def run_pipeline(
     settings: Settings,
     replicas: dict[str, int],
     duration: float | None,
     drain_timeout_s: float,
     console: Console,
+    dashboard: bool = True,
 ) -> dict[str, Any]:
-    sup = Supervisor(settings, replicas, drain_timeout_s, console)
+    sup = Supervisor(settings, replicas, drain_timeout_s, console, dashboard=dashboard)
     interrupted = False
 
     def on_term(signum: int, _frame: object) -> None:
@@ -282,6 +312,8 @@ def run_pipeline(
         f"fraudpipe: {sum(replicas.get(s, 1) for s in STAGES)} workers over "
         f"{sup.layout.root} (logs in {sup.run_dir / 'logs'})"
     )
+    if dashboard:
+        console.print(f"fraudpipe: dashboard {sup.dashboard_url}", soft_wrap=True)
     deadline = None if duration is None else time.monotonic() + duration
     live = (
         Live(sup.render(sup.snapshot()), console=console, refresh_per_second=2, transient=False)

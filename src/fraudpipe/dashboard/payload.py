@@ -1,0 +1,151 @@
+"""The dashboard's JSON payload: `GET /api/snapshot` and every WebSocket message.
+
+These models are the documented contract (README "Dashboard payload"); the server builds them
+and tests validate what it sends against them. A value that was not measured is null, and the
+field's `*_why` / `status` text says why, so a page never shows an invented number.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StageThroughput(_Model):
+    stage: str
+    rows_per_s: float = Field(description="Sum over the stage's live workers (heartbeat rates).")
+    workers: int = Field(description="Live workers (heartbeat within the last 10 s).")
+
+
+class Throughput(_Model):
+    stages: list[StageThroughput]
+    end_to_end_rows_per_s: float = Field(
+        description="Transactions scored per second, counted from the scored batches."
+    )
+
+
+class Latency(_Model):
+    """Stream entry (created_at) to score, over the rows scored in the last `window_s`."""
+
+    window_s: float
+    rows: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+class TopicBacklog(_Model):
+    topic: str
+    pending: int
+    claimed: int
+    dead: int
+
+
+class Notice(_Model):
+    level: Literal["warning", "critical"]
+    message: str
+
+
+class Reason(_Model):
+    feature: str
+    contribution: float = Field(description="SHAP contribution to the log-odds of fraud.")
+
+
+class Alert(_Model):
+    transaction_id: int
+    ts: str = Field(description="Transaction time (simulated or replayed), ISO 8601.")
+    customer_id: int
+    terminal_id: int
+    amount: float
+    score: float
+    model_version: str
+    scored_at: float = Field(description="Wall-clock epoch seconds.")
+    reasons: list[Reason]
+
+
+class Detection(_Model):
+    window_s: float = Field(description="Window of alert_rate and recent_alerts.")
+    rate_window_s: float = Field(description="Window of alerts_per_s.")
+    quality_window_s: float = Field(description="Labels arrived in this window count.")
+    alerts_per_s: float
+    alert_rate: float | None = Field(description="Alerts / scored rows in the window.")
+    recent_alerts: list[Alert]
+    labeled_alerts: int = Field(description="Alerts in the window whose label has arrived.")
+    precision: float | None = Field(description="Among labeled alerts: share that were fraud.")
+    recall: float | None = Field(description="Among labeled frauds: share that were alerted.")
+    quality_why: str | None = Field(description="Why precision/recall are null, if they are.")
+
+
+class ModelState(_Model):
+    version: str | None
+    promoted_at: str | None
+    promotion_reason: str | None
+    created_at: str | None
+    metrics: dict[str, float | None] = Field(description="Holdout metrics from its manifest.")
+    threshold: float | None
+    drift: float | None = Field(description="Population stability index vs training window.")
+    drift_why: str | None
+
+
+class WorkerState(_Model):
+    worker: str
+    stage: str
+    device: str
+    host: str
+    rows_per_s: float
+    heartbeat_age_s: float
+    cpu_millicores: float | None = Field(description="From the metrics API (cluster only).")
+    memory_bytes: int | None = Field(description="From the metrics API (cluster only).")
+    gpu_utilization: float | None = Field(
+        description="Percent (0-100, as NVML reports it); reported by GPU stages only."
+    )
+
+
+class Cluster(_Model):
+    mode: Literal["local", "kubernetes"]
+    metrics_api: Literal["available", "unavailable", "not in a cluster"]
+    detail: str | None
+
+
+class Controls(_Model):
+    enabled: bool = Field(description="False: no token is configured; the page is read-only.")
+    scale_available: bool = Field(description="Scaling needs the Kubernetes API (cluster only).")
+    generation_paused: bool
+    generation_rate: float | None = Field(description="Rate set from the dashboard, if any.")
+    configured_rate: float = Field(description="gather.rate of the configuration (rows/s).")
+
+
+class Snapshot(_Model):
+    kind: Literal["snapshot"] = "snapshot"
+    at: float = Field(description="Wall-clock epoch seconds when the snapshot was taken.")
+    throughput: Throughput
+    latency: Latency
+    backlog: list[TopicBacklog]
+    warnings: list[Notice]
+    detection: Detection
+    model: ModelState
+    workers: list[WorkerState]
+    cluster: Cluster
+    controls: Controls
+
+
+class HistoryPoint(_Model):
+    at: float
+    stages: dict[str, float] = Field(description="rows/s per stage.")
+    end_to_end_rows_per_s: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    alerts_per_s: float
+    pending: dict[str, int] = Field(description="Pending batches per topic.")
+
+
+class History(_Model):
+    """`GET /api/history`: the points the charts start from (one per second)."""
+
+    points: list[HistoryPoint]

@@ -1,0 +1,308 @@
+"""The dashboard against a real `fraudpipe run`, in a real browser (headless Chromium).
+
+One pipeline serves the whole module: the page must show what the WebSocket sends, alerts with
+their reason codes, refuse controls without the token, and show a stall when the pipeline
+stops (its workers are frozen with SIGSTOP, so the dashboard keeps running).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fraudpipe.dashboard.payload import History, Snapshot
+from fraudpipe.worker import read_status
+from tests.conftest import ARTIFACTS
+from tests.pipeline import small_config
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@dataclass
+class Run:
+    proc: subprocess.Popen[bytes]
+    base: str
+    token: str
+    data: Path
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.base + path, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def post(self, path: str, body: dict[str, Any], token: str | None) -> tuple[int, Any]:
+        return _post(self.base + path, body, token)
+
+
+def _post(url: str, body: dict[str, Any], token: str | None) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
+
+
+def wait_until(what: str, predicate: Any, timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    tmp = tmp_path_factory.mktemp("dashboard")
+    cfg, data, out = small_config(tmp, days=400, rate=4000), tmp / "data", tmp / "run.out"
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fraudpipe", "run", "--data-dir", str(data),
+             "--config", str(cfg), "--duration", "600"],
+            env=_env(), stdout=fh, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = wait_until(
+            "the dashboard URL",
+            lambda: re.search(r"dashboard (http://\S+)", out.read_text(errors="replace")),
+            30,
+        ).group(1)
+        base, _, token = url.partition("/#token=")
+        wait_until("the first snapshot", lambda: _snapshot_or_none(base), 30)
+        yield Run(proc, base, token, data)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _snapshot_or_none(base: str) -> Any:
+    try:
+        with urllib.request.urlopen(base + "/api/snapshot", timeout=5) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", "").split()[0])
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing on CI: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("no chromium here: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+def test_payload_matches_the_documented_schema(run: Run) -> None:
+    snap = Snapshot.model_validate(run.get("/api/snapshot"))  # extra fields are refused too
+    assert [s.stage for s in snap.throughput.stages] == ["gather", "preprocess", "train", "infer"]
+    assert {b.topic for b in snap.backlog} >= {"raw-transactions", "features-ready"}
+    assert snap.cluster.mode == "local" and snap.cluster.metrics_api == "not in a cluster"
+    assert snap.cluster.detail  # said in words, not shown as zeros
+    assert all(w.cpu_millicores is None and w.memory_bytes is None for w in snap.workers)
+    assert snap.controls.enabled and not snap.controls.scale_available
+    history = History.model_validate(run.get("/api/history"))
+    assert history.points and history.points[-1].at <= snap.at + 1
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Dashboard payload") :]
+    for name in Snapshot.model_fields:
+        assert f"`{name}`" in section, f"README does not document snapshot field {name!r}"
+
+
+def test_page_updates_from_the_websocket_shows_reasons_and_refuses_without_token(
+    run: Run, browser: Any
+) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    frames: list[dict[str, Any]] = []
+    page.on(
+        "websocket",
+        lambda ws: ws.on("framereceived", lambda payload: frames.append(json.loads(payload))),
+    )
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(run.base + "/")  # no token in the URL: the page holds none
+    page.wait_for_function("document.querySelector('#ws-status').textContent.includes('live')")
+    wait_until("scoring", lambda: run.get("/api/snapshot")["throughput"]["end_to_end_rows_per_s"])
+
+    # The numbers follow the WebSocket: each shown value is the one of a frame just received.
+    shown: set[str] = set()
+    for _ in range(6):
+        page.wait_for_timeout(1500)
+        text = page.text_content("#e2e-rate") or ""
+        pending = page.text_content("#backlog-raw-transactions-pending") or ""
+        recent = frames[-3:]
+        assert any(
+            abs(_number(text) - f["throughput"]["end_to_end_rows_per_s"]) <= 1 for f in recent
+        ), (text, [f["throughput"]["end_to_end_rows_per_s"] for f in recent])
+        assert any(int(_number(pending)) == _pending(f, "raw-transactions") for f in recent)
+        shown.add(text)
+    assert len(frames) >= 6 and len(shown) >= 2, "the page did not change with new frames"
+    for frame in frames:
+        Snapshot.model_validate(frame)
+
+    # An alert with its reason codes, as the payload has them.
+    page.wait_for_selector("#alerts tbody tr .reason", timeout=120_000)
+    chip = page.text_content("#alerts tbody tr .reason") or ""
+    alerts = [a for f in frames for a in f["detection"]["recent_alerts"]]
+    features = {r["feature"] for a in alerts for r in a["reasons"]}
+    assert chip.split(" ")[0] in features
+    assert all(len(a["reasons"]) == 3 for a in alerts)
+
+    # Controls without the token: refused by the server, said on the page, nothing changes.
+    page.click("#pause-button")
+    page.wait_for_selector("#control-result.error")
+    assert "token is required" in (page.text_content("#control-result") or "")
+    assert not (run.data / "control" / "generation.json").exists()
+    page.click("#retrain-button")
+    page.wait_for_function(
+        "document.querySelector('#control-result').textContent.includes('token')"
+    )
+    assert not (run.data / "control" / "train-now").exists()
+
+    # With the token the same button works.
+    page.fill("#token-input", run.token)
+    page.press("#token-input", "Enter")
+    page.click("#pause-button")
+    page.wait_for_selector("#control-result.ok")
+    assert json.loads((run.data / "control" / "generation.json").read_text())["paused"] is True
+    page.wait_for_function(
+        "[...document.querySelectorAll('#warnings li')]"
+        ".some(li => li.textContent.includes('paused'))"
+    )
+    page.click("#resume-button")
+    page.wait_for_function(
+        "document.querySelector('#control-result').textContent.includes('running')"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    assert errors == []
+    page.close()
+
+
+def _pending(frame: dict[str, Any], topic: str) -> int:
+    return next(b["pending"] for b in frame["backlog"] if b["topic"] == topic)
+
+
+def test_controls_need_the_right_token(run: Run) -> None:
+    assert run.post("/api/control/retrain", {}, None)[0] == 401
+    status, body = run.post("/api/control/retrain", {}, "not-the-token")
+    assert (status, body) == (401, {"error": "wrong token"})
+    status, body = run.post("/api/control/generation", {"rate": -5}, run.token)
+    assert status == 422 and "rate" in body["error"]
+    status, body = run.post("/api/control/scale", {"stage": "infer", "replicas": 2}, run.token)
+    assert status == 409 and "Kubernetes" in body["error"]
+    status, body = run.post("/api/control/generation", {"rate": 3000}, run.token)
+    assert status == 200 and body["ok"]
+    snap = wait_until(
+        "the rate to show",
+        lambda: (s := run.get("/api/snapshot"))["controls"]["generation_rate"] == 3000 and s,
+        10,
+    )
+    assert not snap["controls"]["generation_paused"]
+
+
+def test_without_a_configured_token_the_dashboard_is_read_only(run: Run, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fraudpipe", "worker", "--stage=dashboard",
+         "--data-dir", str(run.data)],
+        env=_env() | {"FRAUDPIPE_DASHBOARD__PORT": str(port), "FRAUDPIPE_METRICS__PORT": "0"},
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        snap = wait_until("the read-only dashboard", lambda: _snapshot_or_none(base), 30)
+        assert snap["controls"]["enabled"] is False
+        status, body = _post(base + "/api/control/retrain", {}, run.token)
+        assert status == 403 and "read-only" in body["error"]
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_a_stopped_pipeline_shows_a_stall_and_rates_fall_to_zero(run: Run, browser: Any) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(run.base + "/")
+    page.wait_for_function("document.querySelector('#ws-status').textContent.includes('live')")
+    wait_until("scoring", lambda: run.get("/api/snapshot")["throughput"]["end_to_end_rows_per_s"])
+    # Stop every stage worker in its tracks (the dashboard and the supervisor keep running).
+    frozen = [w["pid"] for w in read_status(run.data / "status")]
+    assert {w["stage"] for w in read_status(run.data / "status")} == {
+        "gather", "preprocess", "train", "infer",
+    }  # fmt: skip
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        snap = wait_until(
+            "rates to fall to zero",
+            lambda: (
+                (s := run.get("/api/snapshot"))["throughput"]["end_to_end_rows_per_s"] == 0
+                and all(st["rows_per_s"] == 0 for st in s["throughput"]["stages"])
+                and s
+            ),
+            60,
+        )
+        messages = [w["message"] for w in snap["warnings"] if w["level"] == "critical"]
+        assert any("no live worker" in m for m in messages), messages
+        page.wait_for_function("document.querySelector('#e2e-rate').textContent.trim() === '0.0'")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#warnings li.critical')]"
+            ".some(li => li.textContent.includes('no live worker'))"
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-stalled.png"), full_page=True)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    wait_until(
+        "scoring to resume",
+        lambda: run.get("/api/snapshot")["throughput"]["end_to_end_rows_per_s"] > 0,
+        90,
+    )
+    page.close()
