@@ -77,7 +77,9 @@ kind-up: ## local cluster: create it, build and load the image, install values-k
 	@echo "  watch:  kubectl --context kind-$(CLUSTER) -n $(NAMESPACE) get pods"
 	@echo "  prove:  helm test $(RELEASE) --kube-context kind-$(CLUSTER) -n $(NAMESPACE) --logs --timeout 7m"
 	@echo "  queues: kubectl --context kind-$(CLUSTER) -n $(NAMESPACE) exec deploy/$(RELEASE)-infer -- fraudpipe queue stats --config /etc/fraudpipe/config.yaml"
-	@echo "  dashboard: the image has no dashboard stage yet (stages.dashboard.enabled=false)"
+	@echo "  dashboard: kubectl --context kind-$(CLUSTER) -n $(NAMESPACE) port-forward svc/$(RELEASE)-dashboard 8080:80"
+	@echo "  token:  kubectl --context kind-$(CLUSTER) -n $(NAMESPACE) get secret $(RELEASE)-dashboard -o jsonpath='{.data.token}' | base64 -d"
+	@echo "          then open http://127.0.0.1:8080/#token=<token>"
 	@echo "  remove: make kind-down"
 
 kind-down: ## delete the local kind cluster

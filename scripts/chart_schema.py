@@ -2,8 +2,9 @@
 
 The chart's `config` value is the worker's configuration (same names, same limits), so its
 schema is generated from `fraudpipe.config.Settings`, minus what the chart owns (`data_dir` is
-persistence.mountPath, `metrics` is metrics.port). `python scripts/chart_schema.py` rewrites the
-file; `--check` exits 1 when it is out of date (the chart tests run the same comparison).
+persistence.mountPath, `metrics` is metrics.port, `dashboard` is dashboard.port and its token
+Secret). `python scripts/chart_schema.py` rewrites the file; `--check` exits 1 when it is out of
+date (the chart tests run the same comparison).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from fraudpipe.config import Settings
 
 SCHEMA = Path(__file__).resolve().parent.parent / "chart" / "values.schema.json"
-CHART_OWNED = ("data_dir", "metrics")
+CHART_OWNED = ("data_dir", "metrics", "dashboard")
 
 
 def _strip_titles(node: Any) -> Any:
@@ -43,7 +44,7 @@ def config_schema() -> tuple[dict[str, Any], dict[str, Any]]:
         text = json.dumps([definitions[d] for d in found])
     generated["description"] = (
         "The pipeline configuration (names as `fraudpipe config` prints them); "
-        "data_dir and metrics are set by the chart."
+        "data_dir, metrics and dashboard are set by the chart."
     )
     return generated, {d: definitions[d] for d in sorted(used)}
 

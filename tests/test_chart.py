@@ -3,11 +3,14 @@
 What `helm install` would send to the API server for the default values, each values file and
 `--set` combinations: strict schema validation for every supported Kubernetes version, strict
 lint, and the behaviour operators rely on (replicas, GPU toggles, storage, labels, security,
-RBAC scope, schema rejections).
+RBAC scope, schema rejections), the dashboard's token and API settings, and the Grafana
+dashboard over the metrics the workers export.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shlex
@@ -20,8 +23,10 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from fraudpipe.config import load_settings
+from fraudpipe.metrics import Metrics
 from tests.chart import (
     CHART,
     KUBE_VERSIONS,
@@ -41,7 +46,20 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "gpu-runtimeclass": (("values-gpu.yaml",), ("gpu.runtimeClassName=nvidia",)),
     "infer-replicas": ((), ("stages.infer.replicas=5",)),
     "infer-on-gpu": ((), ("stages.infer.device=gpu,stages.infer.gpus=2",)),
-    "dashboard": ((), ("stages.dashboard.enabled=true,dashboard.service.type=NodePort",)),
+    "dashboard": (
+        (),
+        ("stages.dashboard.enabled=true,dashboard.service.type=NodePort,dashboard.port=8081",),
+    ),
+    "no-dashboard": ((), ("stages.dashboard.enabled=false",)),
+    "dashboard-token": ((), ("--set-string dashboard.token=s3cret-token",)),
+    "dashboard-existing-secret": ((), ("dashboard.existingSecret=my-dashboard-token",)),
+    "grafana": (
+        (),
+        (
+            "grafana.dashboard.enabled=true,grafana.dashboard.namespace=monitoring",
+            "--set-string grafana.dashboard.annotations.grafana_folder=Fraud",
+        ),
+    ),
     "existing-claim": ((), ("persistence.existingClaim=shared-flashblade",)),
     "rwo-no-class": ((), ("persistence.accessMode=ReadWriteOnce,persistence.storageClass=-",)),
     "no-persistence": ((), ("persistence.enabled=false",)),
@@ -67,6 +85,7 @@ ALLOWED_KINDS = {
     ("v1", "ConfigMap"),
     ("v1", "PersistentVolumeClaim"),
     ("v1", "Pod"),
+    ("v1", "Secret"),
     ("v1", "Service"),
     ("v1", "ServiceAccount"),
     ("apps/v1", "Deployment"),
@@ -84,6 +103,29 @@ def case(name: str, **kw: Any) -> Rendered:
 
 def _values(files: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> dict[str, Any]:
     return values_from(files, sets)
+
+
+DASHBOARD_SECRET = "fp-fraudpipe-dashboard"
+
+
+def _without_random_token(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents with the dashboard Secret's token blanked: without dashboard.token each
+    render draws a new one (a real upgrade keeps the installed one through `lookup`)."""
+    return [
+        {**d, "data": {"token": "<random>"}}
+        if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-dashboard")
+        else d
+        for d in docs
+    ]
+
+
+def _container(rendered: Rendered, stage: str) -> dict[str, Any]:
+    (container,) = rendered.deployments()[stage]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
 
 
 # -- every document is valid Kubernetes --------------------------------------------------------
@@ -135,8 +177,8 @@ def test_values_files_install_what_they_say() -> None:
 
 
 def test_set_replicas_changes_only_that_deployment() -> None:
-    before = case("defaults").docs
-    after = case("infer-replicas").docs
+    before = _without_random_token(case("defaults").docs)
+    after = _without_random_token(case("infer-replicas").docs)
     assert len(before) == len(after)
     changed = [(b, a) for b, a in zip(before, after, strict=True) if b != a]
     assert len(changed) == 1, [b["metadata"]["name"] for b, _ in changed]
@@ -316,11 +358,14 @@ def test_service_monitor_and_pdb_only_where_the_cluster_serves_them() -> None:
         for s in full.kind("Service")
         if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
     ]
-    assert len(metrics_services) == 4  # one per enabled stage, none of them the web Service
+    stages = set(full.deployments())
+    assert stages == {"gather", "preprocess", "train", "infer", "dashboard"}
+    # One per enabled stage, none of them the dashboard's web Service.
+    assert sorted(s["metadata"]["name"] for s in metrics_services) == sorted(
+        f"fp-fraudpipe-{s}-metrics" for s in stages
+    )
     pdbs = full.kind("PodDisruptionBudget")
-    assert {p["metadata"]["name"] for p in pdbs} == {
-        f"fp-fraudpipe-{s}" for s in ("gather", "preprocess", "train", "infer")
-    }
+    assert {p["metadata"]["name"] for p in pdbs} == {f"fp-fraudpipe-{s}" for s in stages}
     assert "no ServiceMonitor" not in full.notes
     # Off by default even where the APIs exist.
     default = case("defaults", api_versions=WITH_OPERATOR)
@@ -353,12 +398,14 @@ def test_pods_are_non_root_with_read_only_root_filesystems(name: str) -> None:
 
 
 def test_only_the_dashboard_gets_an_api_token_and_its_role_is_narrow() -> None:
-    default = case("defaults")
-    assert default.kind("Role") == [] and default.kind("RoleBinding") == []
-    (sa,) = default.kind("ServiceAccount")
+    # Without the dashboard, nothing in the release may call the API server.
+    off = case("no-dashboard")
+    assert off.kind("Role") == [] and off.kind("RoleBinding") == []
+    assert all(p["automountServiceAccountToken"] is False for p in off.pod_specs())
+    (sa,) = case("defaults").kind("ServiceAccount")
     assert sa["automountServiceAccountToken"] is False
 
-    rendered = case("dashboard")
+    rendered = case("defaults")  # the dashboard is on by default
     deps = rendered.deployments()
     for stage, dep in deps.items():
         assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is (
@@ -393,10 +440,97 @@ def test_only_the_dashboard_gets_an_api_token_and_its_role_is_narrow() -> None:
     (dash,) = [d for d in rendered.pod_specs() if d.get("automountServiceAccountToken")]
     assert dash["serviceAccountName"] == "fp-fraudpipe"
     assert case("dashboard", api_versions=WITH_OPERATOR).kind("Role")
+    assert render(values_from((), ("rbac.create=false",))).kind("Role") == []
+
+
+# -- the dashboard: its token, its view of the release, its config -----------------------------
+
+
+def _token(rendered: Rendered) -> str:
+    secret = rendered.get("Secret", DASHBOARD_SECRET)
+    assert secret["type"] == "Opaque" and set(secret["data"]) == {"token"}
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def test_dashboard_token_secret_is_random_by_default_and_the_given_one_when_set() -> None:
+    first, second = _token(case("defaults")), _token(case("defaults"))
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", first), first
+    # Drawn per install, never a constant baked into the chart.
+    assert first != second
+    assert _token(case("dashboard-token")) == "s3cret-token"
+    assert case("no-dashboard").kind("Secret") == []
+    notes = case("defaults").notes
     assert (
-        render(values_from((), ("stages.dashboard.enabled=true,rbac.create=false",))).kind("Role")
-        == []
+        f"kubectl -n {NAMESPACE} get secret {DASHBOARD_SECRET} -o jsonpath='{{.data.token}}'"
+        " | base64 -d" in notes
     )
+    assert "http://127.0.0.1:8080/#token=<token>" in notes
+    assert "get secret" not in case("no-dashboard").notes
+
+
+def test_existing_secret_renders_no_secret_and_the_dashboard_reads_it() -> None:
+    rendered = case("dashboard-existing-secret")
+    assert rendered.kind("Secret") == []
+    env = _env(_container(rendered, "dashboard"))
+    assert env["FRAUDPIPE_DASHBOARD__TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "my-dashboard-token", "key": "token"}
+    }
+    assert "get secret my-dashboard-token" in rendered.notes
+
+
+@pytest.mark.parametrize("name", ["defaults", "extras", "gpu", "dashboard-existing-secret"])
+def test_only_the_dashboard_container_sees_the_token(name: str) -> None:
+    rendered = case(name)
+    secret_name = {"dashboard-existing-secret": "my-dashboard-token"}.get(name, "")
+    with_token = []
+    for pod in rendered.pod_specs():
+        for container in pod["containers"]:
+            env = _env(container)
+            if "FRAUDPIPE_DASHBOARD__TOKEN" in env:
+                with_token.append(container["name"])
+                ref = env["FRAUDPIPE_DASHBOARD__TOKEN"]["valueFrom"]["secretKeyRef"]
+                # Never the value itself in the pod spec.
+                assert "value" not in env["FRAUDPIPE_DASHBOARD__TOKEN"]
+                assert ref["key"] == "token"
+                assert ref["name"] == (
+                    secret_name or rendered.kind("Secret")[0]["metadata"]["name"]
+                )
+            # No other container refers to any Secret at all.
+            elif container["name"] != "dashboard":
+                assert "secretKeyRef" not in json.dumps(container), container["name"]
+    assert with_token == ["dashboard"]
+
+
+@pytest.mark.parametrize("name", ["defaults", "paused-train", "extras", "gpu"])
+def test_dashboard_knows_exactly_this_releases_deployments_and_pods(name: str) -> None:
+    rendered = case(name)
+    deployments = rendered.deployments()
+    env = _env(_container(rendered, "dashboard"))
+    listed = json.loads(env["K8S_DEPLOYMENTS"]["value"])
+    assert listed == {stage: d["metadata"]["name"] for stage, d in deployments.items()}
+    # The names its Role lets it scale, no more, no fewer.
+    (role,) = rendered.kind("Role")
+    (scale,) = [r for r in role["rules"] if r["resources"] == ["deployments/scale"]]
+    assert sorted(scale["resourceNames"]) == sorted(listed.values())
+    # The pod selector matches every pod of the release and names no stage.
+    selector = dict(term.split("=", 1) for term in env["K8S_POD_SELECTOR"]["value"].split(","))
+    assert selector == {"app.kubernetes.io/name": "fraudpipe", "app.kubernetes.io/instance": "fp"}
+    for dep in deployments.values():
+        assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert "POD_NAMESPACE" in env
+    for stage in set(deployments) - {"dashboard"}:
+        others = _env(_container(rendered, stage))
+        assert not {"K8S_DEPLOYMENTS", "K8S_POD_SELECTOR"} & set(others), stage
+
+
+def test_configmap_gives_the_dashboard_its_host_and_port(tmp_path: Path) -> None:
+    for name, port in (("defaults", 8080), ("dashboard", 8081)):
+        rendered = case(name)
+        settings = load_settings(_config_file(rendered, tmp_path))
+        assert settings.dashboard.host == "0.0.0.0" and settings.dashboard.port == port
+        assert settings.dashboard.token is None  # the token only comes from the Secret
+        (http,) = [p for p in _container(rendered, "dashboard")["ports"] if p["name"] == "http"]
+        assert http["containerPort"] == port
 
 
 # -- schema rejections --------------------------------------------------------------------------
@@ -424,6 +558,14 @@ def test_only_the_dashboard_gets_an_api_token_and_its_role_is_narrow() -> None:
             "at '/config/queue': additional properties 'lease_seconds'",
         ),
         ("config.data_dir=/x", "at '/config': additional properties 'data_dir' not allowed"),
+        ("config.dashboard.port=1", "at '/config': additional properties 'dashboard' not allowed"),
+        ("dashboard.token=12345", "at '/dashboard/token': got number, want string"),
+        ("dashboard.existingSecret=My_Secret", "at '/dashboard/existingSecret': 'My_Secret'"),
+        (
+            "grafana.dashboard.labels.grafana_dashboard=1",
+            "at '/grafana/dashboard/labels/grafana_dashboard': got number, want string",
+        ),
+        ("grafana.dashboard.folder=x", "at '/grafana/dashboard': additional properties 'folder'"),
         ("image.pullPolicy=Sometimes", "at '/image/pullPolicy': value must be one of"),
         ("metrics.port=70000", "at '/metrics/port': maximum: got 70,000, want 65,535"),
     ],
@@ -448,7 +590,10 @@ def test_config_schema_is_generated_from_the_configuration_model() -> None:
 
 
 def _config_file(rendered: Rendered, tmp_path: Path) -> Path:
-    (cm,) = rendered.kind("ConfigMap")
+    """The config file the pods mount (the ConfigMap their `config` volume names)."""
+    pod = rendered.pod_specs()[0]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    cm = rendered.get("ConfigMap", volume["configMap"]["name"])
     path = tmp_path / "config.yaml"
     path.write_text(cm["data"]["config.yaml"])
     return path
@@ -471,7 +616,7 @@ def test_configmap_is_a_valid_pipeline_config_with_the_chart_owned_fields(tmp_pa
             "checksum/config"
         ]
     )
-    assert case("kind").docs == case("kind").docs
+    assert _without_random_token(case("kind").docs) == _without_random_token(case("kind").docs)
 
 
 def _run_container(
@@ -507,6 +652,125 @@ def test_rendered_commands_start_the_stages_and_the_helm_test(tmp_path: Path) ->
     assert check.returncode == 1
     assert "no live infer worker" in check.stderr
     assert "no model promoted yet" in check.stderr
+
+
+# -- the Grafana dashboard ----------------------------------------------------------------------
+
+GRAFANA_JSON = CHART / "dashboards" / "fraudpipe.json"
+
+
+def _exposed_metrics() -> tuple[set[str], set[str]]:
+    """(sample names, label names) a worker's /metrics shows once every family has a child."""
+    metrics = Metrics()
+    for family in vars(metrics).values():
+        labelnames = getattr(family, "_labelnames", ())
+        if labelnames:
+            family.labels(*["x"] * len(labelnames))
+    names, labels = set(), set()
+    for line in generate_latest(metrics.registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            sample = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?", line)
+            assert sample
+            names.add(sample.group(1))
+            labels |= set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)=", sample.group(2) or ""))
+    return names, labels
+
+
+def _panels() -> list[dict[str, Any]]:
+    dashboard = json.loads(GRAFANA_JSON.read_text())
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def _exprs() -> list[str]:
+    return [t["expr"] for p in _panels() for t in p["targets"]]
+
+
+def test_grafana_dashboard_structure() -> None:
+    dashboard = json.loads(GRAFANA_JSON.read_text())
+    assert dashboard["uid"] == "fraudpipe" and dashboard["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("namespace", "stage"):
+        var = variables[name]
+        assert var["type"] == "query" and var["query"].startswith("label_values(")
+        assert var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        # "All" is a regex matching any value, and an absent label: plain scrapes work too.
+        assert var["includeAll"] and var["allValue"] == ".*"
+    panels = _panels()
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+    exprs = "\n".join(_exprs())
+    for wanted in (
+        "sum by (stage) (rate(fraudpipe_rows_total{",
+        "histogram_quantile(0.5, sum by (le) (rate(fraudpipe_e2e_latency_seconds_bucket{",
+        "histogram_quantile(0.95, sum by (le) (rate(fraudpipe_e2e_latency_seconds_bucket{",
+        "histogram_quantile(0.99, sum by (le) (rate(fraudpipe_e2e_latency_seconds_bucket{",
+        "max by (topic, state) (fraudpipe_queue_depth{",
+        "fraudpipe_alerts_total",
+        "sum by (stage, outcome) (rate(fraudpipe_batches_total{",
+        "fraudpipe_errors_total",
+        "fraudpipe_lease_lost_total",
+        "fraudpipe_reaped_total",
+        "fraudpipe_backpressure_seconds_total",
+        "sum by (outcome) (increase(fraudpipe_trainings_total{",
+        "sum by (is_fraud) (rate(fraudpipe_labels_total{",
+        "fraudpipe_model_info",
+    ):
+        assert wanted in exprs, wanted
+
+
+def test_grafana_dashboard_uses_only_metrics_and_labels_workers_expose() -> None:
+    names, labels = _exposed_metrics()
+    text = GRAFANA_JSON.read_text()
+    used = set(re.findall(r"fraudpipe_[a-z0-9_]+", text))
+    assert used and used <= names, sorted(used - names)
+    for expr in _exprs():
+        assert expr.count("(") == expr.count(")"), expr
+        for selector in re.findall(r"fraudpipe_[a-z0-9_]+\{([^}]*)\}", expr):
+            matchers = dict(re.findall(r'(\w+)\s*=~?\s*"([^"]*)"', selector))
+            # Every query follows the namespace variable ("All" is `.*`, so it matches series
+            # without a namespace label too) ...
+            assert matchers.get("namespace") == "$namespace", expr
+            # ... and filters on nothing but the metrics' own labels: no ServiceMonitor needed.
+            assert set(matchers) - {"namespace"} <= labels, expr
+        for grouping in re.findall(r"by \(([^)]*)\)", expr):
+            assert {g.strip() for g in grouping.split(",")} <= labels, expr
+
+
+def test_grafana_dashboard_configmap_only_when_enabled() -> None:
+    assert not [c for c in case("defaults").kind("ConfigMap") if "grafana" in c["metadata"]["name"]]
+    rendered = case("grafana")
+    cm = rendered.get("ConfigMap", "fp-fraudpipe-grafana-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["labels"]["app.kubernetes.io/instance"] == "fp"
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Fraud"}
+    assert json.loads(cm["data"]["fraudpipe.json"]) == json.loads(GRAFANA_JSON.read_text())
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(cm, version, strict=True)
+    # Defaults: the release namespace, no annotations. Labels merge with the default one like
+    # any helm map; null drops it (for a sidecar that selects by another label).
+    plain = render(values_from((), ("grafana.dashboard.enabled=true",)))
+    cm = plain.get("ConfigMap", "fp-fraudpipe-grafana-dashboard")
+    assert cm["metadata"]["namespace"] == NAMESPACE and "annotations" not in cm["metadata"]
+    custom = render(
+        values_from(
+            (),
+            (
+                "grafana.dashboard.enabled=true",
+                "--set-json grafana.dashboard.labels="
+                '{"dashboards":"fraud","grafana_dashboard":null}',
+            ),
+        )
+    ).get("ConfigMap", "fp-fraudpipe-grafana-dashboard")
+    assert custom["metadata"]["labels"]["dashboards"] == "fraud"
+    assert "grafana_dashboard" not in custom["metadata"]["labels"]
 
 
 # -- the README's helm commands work as written -------------------------------------------------

@@ -89,6 +89,22 @@ app.kubernetes.io/component: {{ .stage }}
 
 {{/* The pipeline configuration: the user's `config` plus what the chart owns. */}}
 {{- define "fraudpipe.config" -}}
-{{- $owned := dict "data_dir" .Values.persistence.mountPath "metrics" (dict "host" "0.0.0.0" "port" .Values.metrics.port) }}
+{{- $owned := dict "data_dir" .Values.persistence.mountPath "metrics" (dict "host" "0.0.0.0" "port" .Values.metrics.port) "dashboard" (dict "host" "0.0.0.0" "port" .Values.dashboard.port) }}
 {{- toYaml (merge $owned (deepCopy .Values.config)) }}
+{{- end }}
+
+{{/* Deployment name by stage, for every enabled stage, as JSON ({"gather": "<fullname>-gather", ...}). */}}
+{{- define "fraudpipe.deployments" -}}
+{{- $out := dict }}
+{{- range $name, $s := .Values.stages }}
+{{- if $s.enabled }}
+{{- $_ := set $out $name (include "fraudpipe.stageName" (dict "root" $ "stage" $name)) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* The Secret holding the dashboard's token (key `token`): the user's own or the chart's. */}}
+{{- define "fraudpipe.dashboardSecretName" -}}
+{{- default (printf "%s-dashboard" (include "fraudpipe.fullname" .)) .Values.dashboard.existingSecret }}
 {{- end }}
