@@ -148,8 +148,13 @@ def _to_ts(s: pl.Series, path: Path) -> pl.Series:
     )
 
 
-def _load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
-    """The file as our columns, checked, sorted by (ts, transaction_id)."""
+def load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
+    """The file as the simulator's columns (SOURCE_COLUMNS), checked, sorted by (ts, id).
+
+    Columns are found through `mapping` (ours -> theirs), then our names, then the fraud
+    handbook's; a label arrives `delay_us` after its transaction (label_ts). What streaming
+    replay and the offline commands read, so both see the same rows.
+    """
     raw = _read(path)
     if raw.height == 0:
         raise ReplayError(f"replay file {path}: holds no rows")
@@ -201,7 +206,7 @@ class ReplaySource:
     def __init__(self, cfg: ReplaySettings, label_delay_days: float) -> None:
         if cfg.path is None:
             raise ReplayError("replay.path is not set: name the Parquet or CSV file to replay")
-        self.data = _load(cfg.path, cfg.columns, round(label_delay_days * DAY_US))
+        self.data = load(cfg.path, cfg.columns, round(label_delay_days * DAY_US))
         ts_us = self.data["ts"].to_physical().to_numpy()
         first_day = int(ts_us[0] // DAY_US)
         self.start_date: dt.date = dt.date(1970, 1, 1) + dt.timedelta(days=first_day)
