@@ -12,6 +12,7 @@ from fraudpipe.layout import RESULTS, TOPICS, Layout
 from fraudpipe.queue import Queue
 from fraudpipe.results import ResultsStore, read_all
 from fraudpipe.simulate import Simulator
+from tests.conftest import fraudpipe
 
 
 def small_config(
@@ -78,3 +79,19 @@ def queue_states(data_dir: Path, config: Path) -> dict[str, dict[str, int]]:
     s = load_settings(config, {"data_dir": data_dir})
     q = Queue(Layout(data_dir).queue, s.queue)
     return {t: q.topic(t).stats().as_dict() for t in TOPICS}
+
+
+def run_stage(name: str, mode: str, data: Path, cfg: Path) -> None:
+    """`fraudpipe worker --stage=NAME MODE` (--once or --burst) as a real process; must succeed."""
+    fraudpipe(
+        "worker",
+        f"--stage={name}",
+        mode,
+        "--data-dir",
+        str(data),
+        "--config",
+        str(cfg),
+        "--port",
+        "0",
+        check=True,
+    )

@@ -18,8 +18,7 @@ from fraudpipe.model import export_onnx, top_contributions, train_booster
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.stages.infer import Infer
 from fraudpipe.worker import Mode, Worker
-from tests.conftest import fraudpipe
-from tests.pipeline import assert_exactly_once, small_config
+from tests.pipeline import assert_exactly_once, run_stage, small_config
 
 NAMES = ["f0", "f1", "f2", "f3", "f4", "f5"]
 CFG = TrainSettings(num_boost_round=40, num_leaves=15, min_data_in_leaf=20, threads=1)
@@ -194,29 +193,14 @@ def test_schema_check_casts_reasons() -> None:
         schema.check(pl.DataFrame({"reasons": flat}), {"reasons": reasons}, "flat")
 
 
-def worker(name: str, mode: str, data: Path, cfg: Path) -> None:
-    fraudpipe(
-        "worker",
-        f"--stage={name}",
-        mode,
-        "--data-dir",
-        str(data),
-        "--config",
-        str(cfg),
-        "--port",
-        "0",
-        check=True,
-    )
-
-
 @pytest.mark.slow
 def test_every_alert_in_the_results_has_reasons(tmp_path: Path) -> None:
     """gather, preprocess, train, infer as real worker processes, as in test_stages."""
     cfg, data = small_config(tmp_path, days=16), tmp_path / "data"
-    worker("gather", "--burst", data, cfg)
-    worker("preprocess", "--burst", data, cfg)
-    worker("train", "--once", data, cfg)
-    worker("infer", "--burst", data, cfg)
+    run_stage("gather", "--burst", data, cfg)
+    run_stage("preprocess", "--burst", data, cfg)
+    run_stage("train", "--once", data, cfg)
+    run_stage("infer", "--burst", data, cfg)
     assert not list((data / "queue" / FEATURES / "pending").glob("*.parquet"))
     df = assert_exactly_once(data, cfg)
     assert df.schema == pl.Schema(schema.RESULTS)

@@ -9,22 +9,7 @@ import pytest
 
 from fraudpipe.layout import FEATURES, RAW, RESULTS
 from tests.conftest import fraudpipe
-from tests.pipeline import assert_exactly_once, queue_states, small_config
-
-
-def stage(name: str, mode: str, data: Path, cfg: Path) -> None:
-    fraudpipe(
-        "worker",
-        f"--stage={name}",
-        mode,
-        "--data-dir",
-        str(data),
-        "--config",
-        str(cfg),
-        "--port",
-        "0",
-        check=True,
-    )
+from tests.pipeline import assert_exactly_once, queue_states, run_stage, small_config
 
 
 def pending(data: Path, topic: str) -> list[Path]:
@@ -36,10 +21,10 @@ def debugged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """gather --burst, preprocess --once then --burst, train --once, infer --burst."""
     tmp = tmp_path_factory.mktemp("stages")
     cfg, data = small_config(tmp, days=16), tmp / "data"
-    stage("gather", "--burst", data, cfg)
+    run_stage("gather", "--burst", data, cfg)
     raw = pending(data, RAW)
     assert len(raw) > 5
-    stage("preprocess", "--once", data, cfg)
+    run_stage("preprocess", "--once", data, cfg)
     assert len(pending(data, RAW)) == len(raw) - 1, "--once handles exactly one batch"
     assert len(pending(data, FEATURES)) == 1
     # Corrupt and schema-mismatched batches among the good ones.
@@ -48,14 +33,14 @@ def debugged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     pl.DataFrame({"transaction_id": [1, 2], "amount": [3.0, 4.0]}).write_parquet(
         queue / "0000000000002-bad-00000002~0.parquet"
     )
-    stage("preprocess", "--burst", data, cfg)
+    run_stage("preprocess", "--burst", data, cfg)
     assert pending(data, RAW) == [], "--burst drains"
     assert len(pending(data, FEATURES)) == len(raw)
-    stage("infer", "--burst", data, cfg)
+    run_stage("infer", "--burst", data, cfg)
     assert len(pending(data, FEATURES)) == len(raw), "no model yet: features stay queued"
-    stage("train", "--once", data, cfg)
+    run_stage("train", "--once", data, cfg)
     assert (data / "models" / "current").exists()
-    stage("infer", "--burst", data, cfg)
+    run_stage("infer", "--burst", data, cfg)
     return data, cfg
 
 
@@ -108,13 +93,13 @@ def test_model_commands(debugged: tuple[Path, Path]) -> None:
 
 def test_requeue_and_purge(tmp_path: Path) -> None:
     cfg, data = small_config(tmp_path, days=2), tmp_path / "data"
-    stage("gather", "--burst", data, cfg)
+    run_stage("gather", "--burst", data, cfg)
     bad = data / "queue" / RAW / "pending" / "0000000000001-bad-00000001~0.parquet"
     bad.write_bytes(b"junk")
-    stage("preprocess", "--burst", data, cfg)
+    run_stage("preprocess", "--burst", data, cfg)
     args = ["--data-dir", str(data), "--config", str(cfg)]
     fraudpipe("queue", "requeue", RAW, "0000000000001-bad-00000001", *args, check=True)
     assert bad.exists()
-    stage("preprocess", "--burst", data, cfg)
+    run_stage("preprocess", "--burst", data, cfg)
     fraudpipe("queue", "purge", RAW, "--all", "--yes", *args, check=True)
     assert queue_states(data, cfg)[RAW]["dead"] == 0
