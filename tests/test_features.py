@@ -29,11 +29,14 @@ from fraudpipe.schema import LABELS, TRANSACTIONS
 
 START = dt.datetime(2018, 4, 1)
 SMALL = FeatureSettings(windows_days=[1, 2], terminal_delay_days=1)
+HANDBOOK = FeatureSettings(extended=False)  # the handbook's 15 features only
 CONFIGS = [
     FeatureSettings(),
     SMALL,
     FeatureSettings(windows_days=[3, 1], terminal_delay_days=0),
+    HANDBOOK,
 ]
+IDS = ["default", "small", "nodelay", "handbook"]
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -116,6 +119,12 @@ def naive(tx: pl.DataFrame, labels: pl.DataFrame, cfg: FeatureSettings) -> pl.Da
             cents = sum(round(j["amount"] * 100) for j in mine)
             f[f"customer_nb_tx_{w}d"] = float(len(mine))
             f[f"customer_avg_amount_{w}d"] = float(Fraction(cents, 100 * len(mine)))
+            earlier = [round(j["amount"] * 100) for j in mine if j is not r]
+            f[f"customer_amount_ratio_{w}d"] = (
+                float(Fraction(round(r["amount"] * 100) * len(earlier), sum(earlier)))
+                if earlier and sum(earlier)
+                else -1.0
+            )
         for w in cfg.windows_days:
             seen = [
                 j
@@ -126,12 +135,25 @@ def naive(tx: pl.DataFrame, labels: pl.DataFrame, cfg: FeatureSettings) -> pl.Da
             bad = [j for j in seen if any(lt <= t for lt in fraud_at[j["transaction_id"]])]
             f[f"terminal_nb_tx_{w}d"] = float(len(seen))
             f[f"terminal_risk_{w}d"] = len(bad) / len(seen) if seen else 0.0
+            if w == max(cfg.windows_days):  # the extended terminal features: longest window
+                first = min((j["ts"] for j in bad), default=None)
+                last = max((j["ts"] for j in bad), default=None)
+                latest = max((j["ts"] for j in seen), default=None)
+                f["terminal_first_fraud_days"] = -1.0 if first is None else (t - first) / day
+                f["terminal_last_fraud_days"] = -1.0 if last is None else (t - last) / day
+                f["terminal_last_tx_days"] = (
+                    float(cfg.terminal_delay_days + w) if latest is None else (t - latest) / day
+                )
+                since = [j for j in seen if first is not None and j["ts"] >= first]
+                f["terminal_risk_since_first_fraud"] = len(bad) / len(since) if bad else -1.0
+                f["terminal_last_tx_fraud"] = 1.0 if bad and last == latest else 0.0
         out.append(f)
     names = [n for n in feature_names(cfg) if n not in TRANSACTIONS]
-    return pl.DataFrame(out, schema={**TRANSACTIONS, **{n: pl.Float64 for n in names}})
+    schema = {**TRANSACTIONS, **{n: pl.Float64 for n in names}}
+    return pl.DataFrame([{k: f[k] for k in schema} for f in out], schema=schema)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["default", "small", "nodelay"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_matches_naive_reference(cfg: FeatureSettings, seed: int) -> None:
     tx, labels = random_data(seed, 300, 45 if cfg == CONFIGS[0] else 8)
@@ -217,7 +239,16 @@ def test_names_and_lookback() -> None:
         "terminal_risk_7d",
         "terminal_nb_tx_30d",
         "terminal_risk_30d",
+        "customer_amount_ratio_1d",
+        "customer_amount_ratio_7d",
+        "customer_amount_ratio_30d",
+        "terminal_first_fraud_days",
+        "terminal_last_fraud_days",
+        "terminal_last_tx_days",
+        "terminal_risk_since_first_fraud",
+        "terminal_last_tx_fraud",
     ]
+    assert feature_names(HANDBOOK) == feature_names(cfg)[:15]  # the handbook's 15
     assert lookback(cfg) == dt.timedelta(days=37)
     with pytest.raises(ValueError, match="distinct"):
         feature_names(FeatureSettings(windows_days=[7, 7]))
@@ -365,7 +396,7 @@ def write_log(
     return batches
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["default", "small", "nodelay"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_streaming_equals_offline(tmp_path: Path, cfg: FeatureSettings) -> None:
     tx, labels = simulate(11, days=12, per_day=150)
     rng = random.Random(3)

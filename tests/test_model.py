@@ -16,6 +16,7 @@ from fraudpipe.model import (
     export_onnx,
     roc_auc,
     train_booster,
+    train_with_validation,
 )
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4", "f5"]
@@ -108,6 +109,34 @@ def test_valid_set_stops_early_and_export_keeps_best_iteration() -> None:
     assert booster.num_trees() < 100
     onnx = OnnxScorer(export_onnx(booster, len(FEATURES))).score(X_valid)
     assert np.abs(onnx - booster.predict(X_valid)).max() < 1e-2
+
+
+def test_train_with_validation_splits_by_time_then_refits() -> None:
+    X, y = make_rows(8_000, seed=8)
+    day = np.repeat(np.arange(8), 1_000)
+    cfg = CFG.model_copy(update={"num_boost_round": 300, "learning_rate": 0.3, "valid_days": 2})
+    seen: list[tuple[int, int]] = []
+    booster, info = train_with_validation(
+        X, y, day, cfg, FEATURES, progress=lambda i, n: seen.append((i, n))
+    )
+    assert info["valid_n"] == 2_000 and info["valid_n_fraud"] == int(y[day >= 6].sum())
+    assert info["best_iteration"] < 300  # stopped early
+    assert info["rounds"] == round(info["best_iteration"] * 8 / 6)  # scaled to every row
+    assert booster.num_trees() == info["rounds"]
+    assert seen[-1][0] == seen[-1][1] and [i for i, _ in seen] == sorted(i for i, _ in seen)
+    again, _ = train_with_validation(X, y, day, cfg, FEATURES)
+    assert again.model_to_string() == booster.model_to_string()  # deterministic
+    # no usable split: every row, num_boost_round rounds
+    for unusable in (
+        cfg.model_copy(update={"valid_days": 0}),
+        cfg.model_copy(update={"valid_days": 8}),
+    ):
+        plain, info = train_with_validation(X, y, day, unusable, FEATURES)
+        assert info == {"rounds": 300, "best_iteration": None}
+        assert plain.num_trees() == 300
+    no_fraud_late = np.where(day >= 6, 0, y)
+    _, info = train_with_validation(X, no_fraud_late, day, cfg, FEATURES)
+    assert info["best_iteration"] is None
 
 
 def test_train_rejects_mismatched_shapes() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -186,3 +187,113 @@ def test_refuses_a_day_with_more_rows_than_ids_allow(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(simulate, "MAX_TX_PER_DAY", 10)
     with pytest.raises(ValueError, match="n_customers"):
         small().day(0)
+
+
+# -- difficulty knobs ------------------------------------------------------------------------
+
+# sha256 over the columns of days 0, 1, 13 and 29 of the SMALL config, as the handbook's
+# simulator (before the difficulty knobs existed) generated them.
+SMALL_STREAM_SHA256 = "2f5bbdd0386dcafb73365edad222c5075cb95da6a7648e721ff381adadf8b5b6"
+
+
+def stream_digest(sim: Simulator, days: tuple[int, ...] = (0, 1, 13, 29)) -> str:
+    h = hashlib.sha256()
+    for d in days:
+        df = sim.day(d)
+        for column in df.columns:
+            h.update(df[column].to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def amount_auc(df: pl.DataFrame) -> float:
+    """ROC AUC of the amount alone as a score for the amount-driven frauds (scenarios 1, 3)."""
+    rows = df.filter(pl.col("fraud_scenario") != 2)
+    y = (rows["fraud_scenario"] > 0).to_numpy()
+    ranks = rows["amount"].rank().to_numpy()
+    n1, n0 = int(y.sum()), int((~y).sum())
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def test_default_knobs_keep_the_handbook_stream_bit_for_bit() -> None:
+    assert stream_digest(small()) == SMALL_STREAM_SHA256
+    explicit = small(scenarios=[1, 2, 3], amount_overlap=0.0, label_noise=0.0)
+    assert stream_digest(explicit) == SMALL_STREAM_SHA256
+
+
+def test_knobbed_days_depend_only_on_the_config_and_their_number() -> None:
+    kw: dict[str, Any] = {"amount_overlap": 0.7, "label_noise": 0.05, "scenarios": [1, 3]}
+    first = small(**kw).day(5)
+    sim = small(**kw)
+    for d in (9, 2, 7):
+        sim.day(d)
+    assert sim.day(5).equals(first)
+    assert not small(**{**kw, "seed": 7}).day(5).equals(first)
+
+
+def test_label_noise_flips_that_share_of_the_reported_labels() -> None:
+    clean, noisy = small(), small(label_noise=0.1)
+    days = []
+    for d in range(10):
+        c, n = clean.day(d), noisy.day(d)
+        # Only the reported label changes; the truth stays in fraud_scenario.
+        assert n.drop("is_fraud").equals(c.drop("is_fraud"))
+        days.append(n)
+    n = pl.concat(days)
+    flips = n["is_fraud"] != (n["fraud_scenario"] > 0).cast(pl.Int8)
+    assert n.height > 5000
+    assert abs(flips.mean() - 0.1) < 0.015  # type: ignore[operator]
+    # Both ways: genuine reported as fraud, and fraud reported as genuine.
+    assert ((n["is_fraud"] == 1) & flips).sum() > 300
+    assert ((n["is_fraud"] == 0) & flips).any()
+    assert noisy.day(3).equals(small(label_noise=0.1).day(3))
+    everything = small(label_noise=1.0).day(3)
+    assert (everything["is_fraud"] == (everything["fraud_scenario"] == 0).cast(pl.Int8)).all()
+
+
+def test_scenarios_that_are_off_make_no_fraud() -> None:
+    kw: dict[str, Any] = {"compromised_customers_per_day": 10}
+    full = [small(**kw).day(d) for d in range(14, 24)]
+    uncompromised = pl.concat(
+        [small(compromised_customers_per_day=0).day(d) for d in range(14, 24)]
+    )
+    assert {1, 2, 3} <= set(pl.concat(full)["fraud_scenario"].unique().to_list())
+    for on in ([1, 2], [1, 3], [2, 3], [2], []):
+        sim = small(scenarios=on, **kw)
+        days = pl.concat([sim.day(d) for d in range(14, 24)])
+        seen = set(days["fraud_scenario"].unique().to_list()) - {0}
+        assert seen <= set(on), (on, seen)
+        assert (days["is_fraud"] == (days["fraud_scenario"] > 0).cast(pl.Int8)).all()
+        if 3 not in on:  # no amount is multiplied: amounts as in a stream without compromise
+            assert len(sim.compromised_customers(20)) == 0
+            assert days["amount"].equals(uncompromised["amount"])
+        if 2 not in on:
+            assert len(sim.compromised_terminals(20)) == 0
+    assert pl.concat([small(scenarios=[]).day(d) for d in range(5)])["is_fraud"].sum() == 0
+
+
+def test_amount_overlap_makes_fraud_amounts_look_genuine() -> None:
+    kw: dict[str, Any] = {"compromised_customers_per_day": 10}
+    days = range(14, 34)
+    streams = {
+        o: pl.concat([small(amount_overlap=o, **kw).day(d) for d in days]) for o in (0.0, 0.5, 1.0)
+    }
+    aucs = {o: amount_auc(df) for o, df in streams.items()}
+    assert aucs[0.0] > 0.9  # the handbook: large amounts give fraud away
+    assert aucs[0.0] > aucs[0.5] > aucs[1.0]
+    assert aucs[1.0] < 0.7
+    base = streams[0.0]
+    for o, df in streams.items():
+        # Same transactions; scenario 1 makes as many frauds as there are large amounts.
+        assert df.drop("amount", "is_fraud", "fraud_scenario").equals(
+            base.drop("amount", "is_fraud", "fraud_scenario")
+        )
+        assert abs(int(df["is_fraud"].sum()) - int(base["is_fraud"].sum())) < 0.2 * int(
+            base["is_fraud"].sum()
+        ), o
+    # Scenario 1's boundary is soft: frauds below the threshold, genuine payments above it.
+    soft = streams[1.0]
+    assert (soft.filter(pl.col("fraud_scenario") == 1)["amount"] <= 220).any()
+    assert (soft.filter(pl.col("fraud_scenario") == 0)["amount"] > 220).any()
+    # overlap 1: scenario 3's factor is 1, amounts as if the card were not compromised.
+    never = pl.concat([small(compromised_customer_fraction=0.0, **kw).day(d) for d in days])
+    assert soft["amount"].equals(never["amount"])

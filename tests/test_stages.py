@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from fraudpipe.config import load_settings
 from fraudpipe.layout import FEATURES, RAW, RESULTS
 from tests.conftest import fraudpipe
 from tests.pipeline import assert_exactly_once, queue_states, run_stage, small_config
@@ -103,3 +105,26 @@ def test_requeue_and_purge(tmp_path: Path) -> None:
     run_stage("preprocess", "--burst", data, cfg)
     fraudpipe("queue", "purge", RAW, "--all", "--yes", *args, check=True)
     assert queue_states(data, cfg)[RAW]["dead"] == 0
+
+
+def test_gather_resumes_a_checkpoint_written_before_new_simulator_knobs(tmp_path: Path) -> None:
+    """An upgrade adds simulator fields at their defaults: the stream on the volume is the
+    same one, so gather must resume it; a changed knob is another stream and is refused."""
+    cfg, data = small_config(tmp_path, days=4), tmp_path / "data"
+    run_stage("gather", "--once", data, cfg)
+    path = data / "state" / "gather" / "checkpoint.json"
+    ck = json.loads(path.read_text())
+    sim = load_settings(cfg).gather.simulator.model_dump(mode="json")
+    older = {
+        k: v for k, v in sim.items() if k not in ("scenarios", "amount_overlap", "label_noise")
+    }
+    ck["identity"] = {"source": "simulator", **older, "label_delay_days": 7.0}  # spelled out
+    path.write_text(json.dumps(ck))
+    run_stage("gather", "--once", data, cfg)
+    assert json.loads(path.read_text())["seq"] == 2
+
+    noisy = fraudpipe(
+        "worker", "--stage=gather", "--once", "--data-dir", str(data), "--config", str(cfg),
+        "--port", "0", env={"FRAUDPIPE_GATHER__SIMULATOR__LABEL_NOISE": "0.1"},
+    )  # fmt: skip
+    assert noisy.returncode == 2 and "holds a stream from another source" in noisy.stderr

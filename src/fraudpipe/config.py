@@ -74,6 +74,10 @@ class QueueSettings(_Section):
         return self
 
 
+FraudScenario = Literal[1, 2, 3]
+FRAUD_SCENARIOS: tuple[FraudScenario, ...] = (1, 2, 3)
+
+
 class SimulatorSettings(_Section):
     seed: int = Field(42, description="Seed: the same seed gives the same transactions.")
     n_customers: int = Field(5000, ge=1)
@@ -91,6 +95,32 @@ class SimulatorSettings(_Section):
         1 / 3, ge=0, le=1, description="Scenario 3: share of a compromised card's transactions."
     )
     compromised_amount_factor: float = Field(5.0, gt=0, description="Scenario 3: amount x this.")
+    scenarios: list[FraudScenario] = Field(
+        default_factory=lambda: list(FRAUD_SCENARIOS),
+        description="Fraud scenarios that are on: 1 large amounts, 2 compromised terminals, "
+        "3 compromised customers. A scenario that is off leaves its transactions genuine "
+        "(scenario 3 off: no amount is multiplied). [] : no fraud at all.",
+    )
+    amount_overlap: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="How far fraud amounts overlap genuine ones. 0: the handbook (scenario 1 "
+        "is every amount above large_amount_threshold, scenario 3 multiplies by "
+        "compromised_amount_factor). o > 0: scenario 1 still makes as many frauds as there "
+        "are amounts above the threshold, but picks the transactions with the largest "
+        "log(amount) + o x N(0, 1) (a soft boundary: genuine payments above it, frauds "
+        "below it); scenario 3 multiplies by 1 + (1 - o) x (compromised_amount_factor - 1). "
+        "1: scenario 3 frauds are drawn exactly like the card's genuine payments.",
+    )
+    label_noise: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of labels reported wrong: each transaction's is_fraud is flipped "
+        "with this probability (genuine reported as fraud, fraud as genuine), seeded. The "
+        "label stream carries the noisy label; fraud_scenario keeps the true one.",
+    )
 
 
 class ReplaySettings(_Section):
@@ -136,6 +166,11 @@ class FeatureSettings(_Section):
     store_retention_days: int = Field(
         60, ge=1, description="Simulated days of computed features kept for training."
     )
+    extended: bool = Field(
+        True,
+        description="Add fraudpipe's features to the handbook's 15: the amount over the card's "
+        "own mean per window, and the days since the terminal's first and last known fraud.",
+    )
 
 
 class TrainSettings(_Section):
@@ -144,13 +179,48 @@ class TrainSettings(_Section):
     min_frauds: int = Field(50, ge=1, description="Fraud labels needed in the training window.")
     train_days: int = Field(14, ge=1, description="Simulated days of labeled data to train on.")
     holdout_days: int = Field(3, ge=1, description="Most recent labeled days held out.")
-    num_boost_round: int = Field(200, ge=1)
+    num_boost_round: int = Field(
+        200, ge=1, description="Boosting rounds at most (early stopping may use fewer)."
+    )
+    valid_days: int = Field(
+        2,
+        ge=0,
+        description="Last days of the training window used to early-stop boosting before a "
+        "refit on the whole window (0: no early stopping, num_boost_round rounds).",
+    )
     learning_rate: float = Field(0.05, gt=0, le=1)
     num_leaves: int = Field(31, ge=2)
     min_data_in_leaf: int = Field(50, ge=1)
     threads: int = Field(0, ge=0, description="LightGBM threads (0: all cores).")
     min_improvement: float = Field(
         0.0, ge=0, description="Average-precision gain a challenger needs to be promoted."
+    )
+    drift_psi_max: float | None = Field(
+        0.25,
+        gt=0,
+        description="Train as soon as the population stability index (PSI) of the champion's "
+        "score, or of any model feature, between its training window and recent traffic "
+        "passes this (0.1: moderate shift, 0.25: major). None: drift is measured and "
+        "reported, never a reason to train.",
+    )
+    drift_window_days: float = Field(
+        7.0,
+        gt=0,
+        description="Recent traffic for drift: the feature-store rows of the newest this many "
+        "simulated days. Keep whole weeks: a shorter window makes weekly features "
+        "(is_weekend) drift by construction.",
+    )
+    drift_interval_s: float = Field(
+        60.0, gt=0, description="Seconds between drift measurements by the train stage."
+    )
+    drift_min_rows: int = Field(
+        1000, ge=10, description="Recent rows needed to measure drift (fewer: not measured)."
+    )
+    drift_cooldown_s: float = Field(
+        600.0,
+        ge=0,
+        description="A drift-triggered training starts no sooner than this after the previous "
+        "training (drift persists until labels of the new traffic arrive).",
     )
 
 

@@ -10,6 +10,16 @@ Per transaction i (time t, id) and window w in ``cfg.windows_days``, with D the 
 - ``terminal_risk_{w}d``: the share of those with a fraud label that arrived by t
   (label_ts_j <= t), 0.0 when there are none. No feature ever sees a label before it arrives.
 
+Then fraudpipe's own (``cfg.extended``), with W the longest window:
+
+- ``customer_amount_ratio_{w}d``: amount over the mean amount of the customer's earlier
+  transactions in the window (those above but the current one), -1.0 when there are none (or
+  they sum to 0): a card paying far more than it usually does (a stolen card's big spend);
+- ``terminal_first_fraud_days`` / ``terminal_last_fraud_days``: days from the terminal's
+  earliest / latest known fraud to t, among its transactions with t - D - W days < ts_j <= t - D
+  whose fraud label arrived by t (the ``terminal_risk_{W}d`` frauds), -1.0 when there are none:
+  how long a terminal has been known compromised, and whether it still is.
+
 Everything is counted with sorted arrays and binary searches over int64 (key, time) codes,
 never per row, and amounts are summed in integer cents (amounts count to the cent). So a
 feature does not depend on which older rows the history happens to hold:
@@ -40,6 +50,15 @@ _EPOCH = dt.datetime(1970, 1, 1)
 _KEY_LIMIT = 2**63 - 1  # (key, time) codes must stay below this to fit in int64
 
 
+_TERMINAL_EXTENDED = (
+    "terminal_first_fraud_days",
+    "terminal_last_fraud_days",
+    "terminal_last_tx_days",
+    "terminal_risk_since_first_fraud",
+    "terminal_last_tx_fraud",
+)
+
+
 def _windows(cfg: FeatureSettings) -> list[int]:
     """The windows in days, checked: feature names must be unique and windows non-empty."""
     ws = list(cfg.windows_days)
@@ -56,6 +75,9 @@ def feature_names(cfg: FeatureSettings) -> list[str]:
         names += [f"customer_nb_tx_{w}d", f"customer_avg_amount_{w}d"]
     for w in ws:
         names += [f"terminal_nb_tx_{w}d", f"terminal_risk_{w}d"]
+    if cfg.extended:
+        names += [f"customer_amount_ratio_{w}d" for w in ws]
+        names += list(_TERMINAL_EXTENDED)
     return names
 
 
@@ -135,11 +157,15 @@ def _compute(
         "is_night": (when.dt.hour() <= 6).cast(pl.Float64),
     }
     customer = _customer_features(tx, ts, rows, ws, qmin, qmax)
-    terminal = _terminal_features(tx, ts, frauds, rows, ws, delay, qmin, qmax)
+    terminal, terminal_extra = _terminal_features(tx, ts, frauds, rows, ws, delay, qmin, qmax)
     for w in ws:
-        cols[f"customer_nb_tx_{w}d"], cols[f"customer_avg_amount_{w}d"] = customer[w]
+        cols[f"customer_nb_tx_{w}d"], cols[f"customer_avg_amount_{w}d"], _ = customer[w]
     for w in ws:
         cols[f"terminal_nb_tx_{w}d"], cols[f"terminal_risk_{w}d"] = terminal[w]
+    if cfg.extended:
+        for w in ws:
+            cols[f"customer_amount_ratio_{w}d"] = customer[w][2]
+        cols.update(terminal_extra)
     return out.with_columns(pl.Series(name, v, dtype=pl.Float64) for name, v in cols.items())
 
 
@@ -209,8 +235,9 @@ def _count_le(sorted_codes: I64, queries: I64) -> I64:
 
 def _customer_features(
     tx: pl.DataFrame, ts: I64, rows: I64, ws: list[int], qmin: int, qmax: int
-) -> dict[int, tuple[F64, F64]]:
-    """Per window: count and mean amount of the customer's transactions up to (t, id)."""
+) -> dict[int, tuple[F64, F64, F64]]:
+    """Per window: count and mean amount of the customer's transactions up to (t, id), and
+    the amount over the mean of the earlier ones (-1.0 without any, or when they sum to 0)."""
     keep = (ts > qmin - max(ws) * _DAY_US) & (ts <= qmax)
     at = (np.cumsum(keep) - 1)[rows]  # the query rows among the kept rows
     cust = tx["customer_id"].to_numpy()[keep]
@@ -227,13 +254,19 @@ def _customer_features(
     hi = position[at] + 1  # rows up to and including the query row itself
     by_code = np.argsort(hi)  # queries in code order make the searches fast
     hi, qcust, tq = hi[by_code], cust[at][by_code], t[at][by_code]
-    out: dict[int, tuple[F64, F64]] = {}
+    mine = cents[at][by_code]
+    out: dict[int, tuple[F64, F64, F64]] = {}
     for w in ws:
         lo = _count_le(sorted_codes, kt.encode(qcust, tq - w * _DAY_US, known=True))
         n = hi - lo
+        before = csum[hi] - csum[lo] - mine  # integer cents: exact, whatever the history
+        ratio = np.divide(
+            mine * (n - 1), before, out=np.full(len(n), -1.0), where=(n > 1) & (before != 0)
+        )
         out[w] = (
             _unsort(by_code, n.astype(np.float64)),
             _unsort(by_code, (csum[hi] - csum[lo]) / (n * 100)),
+            _unsort(by_code, ratio),
         )
     return out
 
@@ -254,13 +287,17 @@ def _terminal_features(
     delay: int,
     qmin: int,
     qmax: int,
-) -> dict[int, tuple[F64, F64]]:
-    """Per window: count of the terminal's delayed-window transactions and their fraud share.
+) -> tuple[dict[int, tuple[F64, F64]], dict[str, F64]]:
+    """Per window: count of the terminal's delayed-window transactions and their fraud share;
+    then the extended terminal features, by name (see the module's docstring).
 
     A fraud j counts for time t iff max(ts_j + D, label_ts_j) <= t < ts_j + D + w, so the
-    number of frauds is (entered by t) - (left by t), two binary searches per window.
+    number of frauds is (entered by t) - (left by t), two binary searches per window. Among the
+    frauds sorted by (terminal, ts), those of t's longest window are a contiguous run; its
+    first (last) one with label_ts_j <= t is found by binary lifting over range minima.
     """
-    keep = (ts > qmin - delay - max(ws) * _DAY_US) & (ts <= qmax - delay)
+    longest = max(ws)
+    keep = (ts > qmin - delay - longest * _DAY_US) & (ts <= qmax - delay)
     hist = tx.filter(pl.Series(keep)).select("transaction_id", "ts", "terminal_id")
     flagged = (
         frauds.filter(pl.col("label_ts") <= pl.lit(qmax).cast(pl.Datetime("us")))
@@ -278,23 +315,94 @@ def _terminal_features(
     qterm = tx["terminal_id"].to_numpy()[rows]
     kt = _KeyTime(
         term,
-        [t, tq, tq - delay, *(tq - delay - w * _DAY_US for w in ws), enter, *leave.values()],
+        [
+            t,
+            tq,
+            tq - delay,
+            *(tq - delay - w * _DAY_US for w in ws),
+            enter,
+            *leave.values(),
+            fts,
+            fts - 1,
+        ],
     )
-    sorted_codes = np.sort(kt.encode(term, t, known=True))
+    codes = kt.encode(term, t, known=True)
+    by_time = np.argsort(codes)
+    sorted_codes, t_sorted = codes[by_time], t[by_time]
     now = kt.encode(qterm, tq)
     by_code = np.argsort(now)  # queries in code order make the searches fast
     now, qterm, tq = now[by_code], qterm[by_code], tq[by_code]
     upto = _count_le(sorted_codes, kt.encode(qterm, tq - delay))
     out: dict[int, tuple[F64, F64]] = {}
+    n_all = bad_all = np.zeros(len(tq), np.int64)
     for w in ws:
         n = upto - _count_le(sorted_codes, kt.encode(qterm, tq - delay - w * _DAY_US))
         live = enter < leave[w]
         entered = np.sort(kt.encode(fterm[live], enter[live], known=True))
         left = np.sort(kt.encode(fterm[live], leave[w][live], known=True))
         bad = _count_le(entered, now) - _count_le(left, now)
+        if w == longest:
+            n_all, bad_all = n, bad
         risk = np.divide(bad, n, out=np.zeros(len(n), np.float64), where=n > 0)
         out[w] = _unsort(by_code, n.astype(np.float64)), _unsort(by_code, risk)
-    return out
+
+    # the known frauds of the longest window (ts_j in (t - D - W, t - D], label_ts_j <= t):
+    # in (terminal, ts) order, the first and the last of the run [a, b) that has arrived
+    fcodes = kt.encode(fterm, fts, known=True)
+    order = np.argsort(fcodes, kind="stable")
+    fcodes, fts = fcodes[order], fts[order]
+    arrived = flagged["label_ts"].to_physical().to_numpy()[order]
+    a = _count_le(fcodes, kt.encode(qterm, tq - delay - longest * _DAY_US))
+    b = _count_le(fcodes, kt.encode(qterm, tq - delay))
+    size = len(fcodes)
+    first = _first_at_most(_range_minima(arrived), a, b, tq)
+    last = size - 1 - _first_at_most(_range_minima(arrived[::-1]), size - b, size - a, tq)
+    known = first < b  # == (last >= a) == (bad_all > 0)
+    first_ts = fts[np.minimum(first, size - 1)] if size else tq
+    last_ts = fts[np.maximum(last, 0)] if size else tq
+    latest = t_sorted[np.maximum(upto - 1, 0)] if len(t_sorted) else tq
+    # the window's transactions from the first known fraud on (ts_j >= first_ts)
+    n_since = upto - _count_le(sorted_codes, kt.encode(qterm, first_ts - 1))
+    beyond = float(delay // _DAY_US + longest)  # no transaction in the window: longer ago
+    extra = {
+        "terminal_first_fraud_days": np.where(known, (tq - first_ts) / _DAY_US, -1.0),
+        "terminal_last_fraud_days": np.where(known, (tq - last_ts) / _DAY_US, -1.0),
+        "terminal_last_tx_days": np.where(n_all > 0, (tq - latest) / _DAY_US, beyond),
+        "terminal_risk_since_first_fraud": np.divide(
+            bad_all, n_since, out=np.full(len(tq), -1.0), where=known
+        ),
+        "terminal_last_tx_fraud": (known & (n_all > 0) & (last_ts == latest)).astype(np.float64),
+    }
+    return out, {name: _unsort(by_code, v) for name, v in extra.items()}
+
+
+def _range_minima(values: I64) -> list[I64]:
+    """Sparse table: level k holds the minimum of values[i : i + 2**k] at i."""
+    levels = [values]
+    step = 1
+    while 2 * step <= len(values):
+        prev = levels[-1]
+        levels.append(np.minimum(prev[:-step], prev[step:]))
+        step *= 2
+    return levels
+
+
+def _first_at_most(levels: list[I64], a: I64, b: I64, limit: I64) -> I64:
+    """Per query, the first index i in [a, b) with values[i] <= limit, or b when none is.
+
+    Binary lifting: from the largest block down, skip a block lying in [a, b) whose minimum
+    exceeds the limit; what is left is the first index that does not, or b.
+    """
+    pos = a.copy()
+    for k in range(len(levels) - 1, -1, -1):
+        step = 1 << k
+        level = levels[k]
+        fits = pos + step <= b
+        if not fits.any():
+            continue
+        at = np.minimum(pos, len(level) - 1)
+        pos = np.where(fits & (level[at] > limit), pos + step, pos)
+    return pos
 
 
 @dataclass

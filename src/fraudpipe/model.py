@@ -110,6 +110,73 @@ def train_booster(
     )
 
 
+def train_with_validation(
+    X: np.ndarray,
+    y: np.ndarray,
+    day: np.ndarray,
+    cfg: TrainSettings,
+    feature_names: list[str],
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[lgb.Booster, dict[str, Any]]:
+    """Early stopping on a time-ordered split, then a refit on every row.
+
+    day orders the rows in time (an integer per row, e.g. a day number): the rows of the last
+    ``cfg.valid_days`` distinct days are the validation split. A booster trained on the earlier
+    rows stops once the validation average precision stops improving; the final booster is
+    trained on all rows for the best number of rounds, scaled by how many more rows it sees.
+    Without a usable split (valid_days 0, too few days, no fraud or no legitimate row in the
+    earlier rows, no fraud in the validation rows) it trains on all rows for num_boost_round.
+    progress(done, total) counts both trainings' rounds. Returns the booster and what was
+    done: rounds, and with early stopping best_iteration and the validation rows.
+    """
+    days = np.unique(np.asarray(day))
+    if cfg.valid_days > 0 and len(days) > cfg.valid_days:
+        is_valid = np.asarray(day) >= days[-cfg.valid_days]
+        fit_y, valid_y = y[~is_valid], y[is_valid]
+        if 0 < fit_y.sum() < len(fit_y) and valid_y.sum() > 0:
+            ran = [0]  # rounds of the first training, as progress saw them
+
+            def fit_progress(done: int, total: int) -> None:
+                ran[0] = done
+                if progress is not None:
+                    progress(done, total)
+
+            def refit_progress(done: int, total: int) -> None:
+                if progress is not None:
+                    progress(ran[0] + done, ran[0] + total)
+
+            first = train_booster(
+                X[~is_valid],
+                fit_y,
+                cfg,
+                feature_names,
+                valid=(X[is_valid], valid_y),
+                should_stop=should_stop,
+                progress=fit_progress,
+            )
+            best = max(1, first.best_iteration or ran[0])
+            rounds = max(1, round(best * len(y) / len(fit_y)))
+
+            booster = train_booster(
+                X,
+                y,
+                cfg.model_copy(update={"num_boost_round": rounds}),
+                feature_names,
+                should_stop=should_stop,
+                progress=refit_progress,
+            )
+            return booster, {
+                "rounds": rounds,
+                "best_iteration": best,
+                "valid_n": int(is_valid.sum()),
+                "valid_n_fraud": int(valid_y.sum()),
+            }
+    booster = train_booster(X, y, cfg, feature_names, should_stop=should_stop, progress=progress)
+    return booster, {"rounds": cfg.num_boost_round, "best_iteration": None}
+
+
 def export_onnx(booster: lgb.Booster, n_features: int) -> bytes:
     """The booster as a serialized ONNX model: input "input" float32 [N, n_features]."""
     onnx_model = onnxmltools.convert_lightgbm(

@@ -11,6 +11,11 @@ N(noon, 20000 s) times of day with N(mean, mean/2) amounts. Three fraud scenario
    their payments in that window is, with probability ``compromised_customer_fraction``,
    fraud with its amount multiplied by ``compromised_amount_factor``.
 
+Difficulty knobs, all off by default (the handbook's stream, bit for bit): ``scenarios`` turns
+scenarios off; ``amount_overlap`` blurs scenario 1's threshold and pulls scenario 3's factor
+toward 1, so fraud amounts overlap genuine ones; ``label_noise`` flips that share of the
+reported labels (``is_fraud``), while ``fraud_scenario`` keeps the truth for evaluation.
+
 ``Simulator.day(d)`` is a pure function of (settings, label delay, d): every random draw comes
 from a generator seeded with (seed, d, purpose), so a restarted gather regenerates any day alone
 and gets the same rows, whatever it generated before.
@@ -46,6 +51,10 @@ _TRANSACTIONS = 1
 _TERMINAL_PICK = 2
 _CUSTOMER_PICK = 3
 _SCENARIO_3 = 4
+_SCENARIO_1 = 5  # drawn only when amount_overlap > 0
+_LABEL_NOISE = 6  # drawn only when label_noise > 0
+# Scenario 1 under amount_overlap o ranks amounts by log(amount) + o * this * N(0, 1).
+_OVERLAP_LOG_SD = 1.0
 
 Int64Array = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -170,6 +179,9 @@ class Simulator:
     def compromised_terminals(self, d: int) -> Int64Array:
         """Terminals under scenario 2 on day d: all their transactions that day are fraud."""
         c = self.cfg
+        if 2 not in c.scenarios:
+            _check_day(d)
+            return np.empty(0, dtype=np.int64)
         return self._active(
             d,
             _TERMINAL_PICK,
@@ -181,6 +193,9 @@ class Simulator:
     def compromised_customers(self, d: int) -> Int64Array:
         """Customers under scenario 3 on day d."""
         c = self.cfg
+        if 3 not in c.scenarios:
+            _check_day(d)
+            return np.empty(0, dtype=np.int64)
         return self._active(
             d,
             _CUSTOMER_PICK,
@@ -217,13 +232,30 @@ class Simulator:
         hit = _rng(c.seed, d, _SCENARIO_3).random(at_risk.size) < c.compromised_customer_fraction
         s3 = np.zeros(total, dtype=bool)
         s3[at_risk[hit]] = True
-        amount[s3] = np.round(amount[s3] * c.compromised_amount_factor, 2)
+        overlap = c.amount_overlap
+        factor = c.compromised_amount_factor
+        if overlap > 0:
+            factor = 1 + (1 - overlap) * (factor - 1)
+        amount[s3] = np.round(amount[s3] * factor, 2)
         bad_terminal = np.zeros(c.n_terminals, dtype=bool)
         bad_terminal[self.compromised_terminals(d)] = True
         s2 = bad_terminal[term]
-        # Scenario 1 is judged on the amount as recorded, so "amount > threshold" always holds.
+        # Scenario 1 is judged on the amount as recorded: without overlap "amount > threshold"
+        # always holds. With overlap o, as many transactions as have such an amount are fraud,
+        # those with the largest log(amount) + o * N(0, 1): a soft boundary, same count.
         s1 = amount > c.large_amount_threshold
+        if 1 not in c.scenarios:
+            s1[:] = False
+        elif overlap > 0 and s1.any():
+            noise = _rng(c.seed, d, _SCENARIO_1).standard_normal(total)
+            key = np.log(np.maximum(amount, 0.01)) + overlap * _OVERLAP_LOG_SD * noise
+            n1 = int(s1.sum())
+            s1[:] = False
+            s1[np.argpartition(-key, n1 - 1)[:n1]] = True
         scenario = np.select([s1, s2, s3], [1, 2, 3], 0).astype(np.int8)
+        reported = scenario > 0
+        if c.label_noise > 0:
+            reported ^= _rng(c.seed, d, _LABEL_NOISE).random(total) < c.label_noise
 
         # Stable sort by time of day through unique packed keys: the order (hence the ids) is
         # the same on every machine, and np.sort of keys is much faster than a stable argsort.
@@ -238,7 +270,7 @@ class Simulator:
                 "customer_id": cust[order],
                 "terminal_id": term[order],
                 "amount": amount[order],
-                "is_fraud": (scenario[order] > 0).astype(np.int8),
+                "is_fraud": reported[order].astype(np.int8),
                 "fraud_scenario": scenario[order],
                 "label_ts": (ts + self._delay_us).view("datetime64[us]"),
             },

@@ -3,10 +3,12 @@
 The label cutoff is the latest label_ts in the label log (no later than ``now``, when given);
 no label after it is used. Labeled rows are feature-store rows joined with those labels. The
 newest ``holdout_days`` of labeled rows (by transaction ts) are the holdout, the
-``train_days`` before them the training set. The challenger is scored on the holdout with its
-ONNX export (what inference runs), the champion (models/current) on the same rows; the
-challenger is promoted only when its average precision beats the champion's by more than
-``min_improvement``. Every trained version is saved; its manifest records the decision.
+``train_days`` before them the training set; boosting is early-stopped on the training set's
+last ``valid_days``, then refitted on all of it (model.train_with_validation). The challenger
+is scored on the holdout with its ONNX export (what inference runs), the champion
+(models/current) on the same rows; the challenger is promoted only when its average precision
+beats the champion's by more than ``min_improvement``. Every trained version is saved; its
+manifest records the decision.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from fraudpipe.model import (
     booster_params,
     evaluate,
     export_onnx,
-    train_booster,
+    train_with_validation,
 )
 from fraudpipe.registry import ModelRegistry, RegistryError
 
@@ -285,10 +287,17 @@ def run_training(
     y_train = train["is_fraud"].to_numpy()
     X_holdout = np.ascontiguousarray(holdout.select(feature_names).to_numpy(), dtype=np.float32)
     y_holdout = holdout["is_fraud"].to_numpy()
+    train_day = train["ts"].dt.epoch("d").to_numpy()
     started = time.perf_counter()
     try:
-        booster = train_booster(
-            X_train, y_train, cfg, feature_names, should_stop=should_stop, progress=progress
+        booster, fit = train_with_validation(
+            X_train,
+            y_train,
+            train_day,
+            cfg,
+            feature_names,
+            should_stop=should_stop,
+            progress=progress,
         )
     except TrainingStopped as exc:
         return TrainOutcome("stopped", str(exc))
@@ -316,6 +325,7 @@ def run_training(
         "metrics": metrics,
         "threshold": metrics["threshold"],
         "params": {**booster_params(cfg), "num_boost_round": cfg.num_boost_round},
+        "fit": fit,
         "num_trees": booster.num_trees(),
         "train_seconds": round(train_seconds, 3),
         "onnx_vs_lightgbm": {

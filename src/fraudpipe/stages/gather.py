@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from fraudpipe import durable, schema
+from fraudpipe.config import SimulatorSettings
 from fraudpipe.control import GenerationControl
 from fraudpipe.eventlog import EventLog
 from fraudpipe.layout import LABELS, RAW
@@ -39,6 +40,15 @@ def _ms(ts: dt.datetime) -> int:
     return int(ts.replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
+def _same_stream(stored: dict[str, Any], identity: dict[str, Any]) -> bool:
+    """Whether a checkpoint's identity names this stream. Older checkpoints spell out every
+    simulator field; a field at its default value is the same as a field not given."""
+    if stored.get("source") == "simulator" == identity.get("source"):
+        defaults = SimulatorSettings.model_validate({}).model_dump(mode="json")
+        stored = {k: v for k, v in stored.items() if defaults.get(k, object()) != v}
+    return stored == identity
+
+
 class Gather(Stage):
     name = "gather"
     produces = (RAW, LABELS)
@@ -53,9 +63,11 @@ class Gather(Stage):
 
             self.source = Simulator(g.simulator, g.label_delay_days)
             self.tag = f"sim{g.simulator.seed}"
+            # Knobs left at their defaults are not part of the identity: a stream checkpointed
+            # before a knob existed is the same stream, and resumes after an upgrade.
             identity: dict[str, Any] = {
                 "source": "simulator",
-                **g.simulator.model_dump(mode="json"),
+                **g.simulator.model_dump(mode="json", exclude_defaults=True),
             }
         else:
             from fraudpipe.replay import ReplayError, ReplaySource
@@ -95,7 +107,7 @@ class Gather(Stage):
         if not self.ckpt_path.exists():
             return fresh
         ck = json.loads(self.ckpt_path.read_text())
-        if ck.get("identity") != identity:
+        if not _same_stream(ck.get("identity") or {}, identity):
             raise StageError(
                 f"{self.ctx.layout.root} holds a stream from another source "
                 f"({ck.get('identity')}); use a fresh --data-dir, or delete "
