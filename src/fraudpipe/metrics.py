@@ -110,6 +110,13 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.drift_psi = Gauge(
+            "fraudpipe_drift_psi",
+            "Population stability index of recent traffic vs the champion's training window: "
+            'kind="score" (the model score, feature="") or kind="feature" (one per feature).',
+            ["kind", "feature"],
+            registry=r,
+        )
 
 
 class Exposed(Protocol):

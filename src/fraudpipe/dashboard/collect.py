@@ -7,7 +7,8 @@ Sources, all on the shared volume (plus the Kubernetes metrics API in a cluster)
   percentiles, alerts with their reason codes, counted from the rows themselves;
 - the labels in the event log (state/log/labels), as they arrive: precision and recall of the
   alerts whose outcome is known;
-- models/: the current version, its manifest and promotion.
+- models/: the current version, its manifest and promotion;
+- the train worker's status file: drift of recent traffic against the champion's window.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ class Collector:
             backlog=backlog,
             warnings=self._warnings(workers, backlog, throughput, generation.paused, now),
             detection=detection,
-            model=self._model(),
+            model=self._model(workers),
             workers=[self._worker(w, pods.by_pod, now) for w in workers],
             cluster=p.Cluster(mode=self.cluster.mode, metrics_api=pods.status, detail=pods.detail),
             controls=p.Controls(
@@ -362,14 +363,16 @@ class Collector:
                 )
         return out
 
-    def _model(self) -> p.ModelState:
+    def _model(self, workers: list[dict[str, Any]]) -> p.ModelState:
+        """The champion (read once per version) with the drift the train worker measured now."""
         version = self.registry.current()
         if self._model_cache is None or self._model_cache.version != version:
             self._model_cache = self._read_model(version)
-        return self._model_cache
+        drift, why = _drift(version, workers)
+        return self._model_cache.model_copy(update={"drift": drift, "drift_why": why})
 
     def _read_model(self, version: str | None) -> p.ModelState:
-        why = "drift is not measured by this version of fraudpipe"
+        why = "no model promoted yet: drift is measured against the champion's training window"
         if version is None:
             return p.ModelState(
                 version=None,
@@ -435,6 +438,30 @@ class Collector:
         )
         while self.history and self.history[0].at < snap.at - self.settings.dashboard.history_s:
             self.history.popleft()
+
+
+def _drift(version: str | None, workers: list[dict[str, Any]]) -> tuple[float | None, str | None]:
+    """(drift, why not measured): the larger of the score PSI and the largest feature PSI, from
+    the freshest measurement of a live train worker against the current champion."""
+    if version is None:
+        return None, "no model promoted yet: drift is measured against the champion's window"
+    docs = [w["drift"] for w in workers if w.get("stage") == "train" and w.get("drift")]
+    if not any(w.get("stage") == "train" for w in workers):
+        return None, "no live train worker: drift is measured by the train stage"
+    if not docs:
+        return None, "the train worker has not measured drift yet"
+    doc = max(docs, key=lambda d: float(d.get("at") or 0.0))
+    if doc.get("why"):
+        return None, str(doc["why"])
+    if doc.get("reference_version") != version:
+        return None, (
+            f"drift was last measured against {doc.get('reference_version')}, not the current "
+            f"{version}; the train worker measures again shortly"
+        )
+    found = [float(v) for v in (doc.get("score_psi"), doc.get("max_feature_psi")) if v is not None]
+    if not found:
+        return None, "the train worker reported no PSI"
+    return max(found), None
 
 
 def _mtime(path: Path) -> float:

@@ -88,7 +88,11 @@ class ModelState(_Model):
     created_at: str | None
     metrics: dict[str, float | None] = Field(description="Holdout metrics from its manifest.")
     threshold: float | None
-    drift: float | None = Field(description="Population stability index vs training window.")
+    drift: float | None = Field(
+        description="Population stability index of recent traffic vs the champion's training "
+        "window: the larger of the score's PSI and the largest feature PSI (the train stage "
+        "measures it; > train.drift_psi_max triggers a training)."
+    )
     drift_why: str | None
 
 
