@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -177,6 +178,240 @@ def show_config(config: ConfigFile = None, data_dir: DataDir = None) -> None:
     """Print the effective configuration (every field, after all sources) as YAML."""
     settings = settings_from(config, data_dir=data_dir)
     console.print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+
+
+# -- offline: fraudpipe features / train / score (logic in offline.py) -----------------------
+
+_DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
+@app.command("features")
+def offline_features(
+    input_path: Annotated[
+        Path, typer.Option("--input", help="Transactions, Parquet or CSV (ours or handbook names).")
+    ],
+    output: Annotated[Path, typer.Option("--output", help="Features Parquet file to write.")],
+    label_delay_days: Annotated[
+        float | None, typer.Option(help="Days until a label arrives (gather.label_delay_days).")
+    ] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Compute the stream's features over a whole file (also to backfill a history).
+
+    Writes the transaction columns, every feature, is_fraud and label_ts: what `fraudpipe
+    train` reads. The features equal, to the bit, what preprocess computes when the same file
+    is replayed.
+    """
+    from fraudpipe.offline import OfflineError, build_features
+
+    settings = settings_from(config, **{"gather.label_delay_days": label_delay_days})
+    try:
+        s = build_features(input_path, output, settings, console)
+    except OfflineError as exc:
+        fail(str(exc))
+    console.print(
+        f"wrote {s.rows} rows ({s.frauds} frauds, {s.first_ts} .. {s.last_ts}) with "
+        f"{len(s.feature_names)} features to {s.output}"
+    )
+
+
+@app.command("train")
+def offline_train(
+    features: Annotated[Path, typer.Option("--features", help="Features file (`features`).")],
+    train_start: Annotated[
+        dt.datetime, typer.Option(formats=_DATE_FORMATS, help="First day (UTC) of the window.")
+    ],
+    train_end: Annotated[
+        dt.datetime, typer.Option(formats=_DATE_FORMATS, help="End of the window (excluded).")
+    ],
+    labels: Annotated[
+        Path | None, typer.Option(help="transaction_id,is_fraud[,label_ts] file (Parquet/CSV).")
+    ] = None,
+    holdout_days: Annotated[
+        int | None, typer.Option(help="Newest days held out (train.holdout_days).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the model to this directory, not the registry.")
+    ] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="Make it the registry's current model.")
+    ] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Train a model on a time window of a features file, as the train stage trains."""
+    from fraudpipe.offline import OfflineError, train_model
+
+    if output is not None and data_dir is not None:
+        fail("--output and --data-dir exclude each other: a directory, or the registry")
+    settings = settings_from(config, data_dir=data_dir, **{"train.holdout_days": holdout_days})
+    try:
+        s = train_model(
+            features,
+            settings,
+            train_start,
+            train_end,
+            labels_path=labels,
+            output=output,
+            promote=promote,
+            console=console,
+        )
+    except OfflineError as exc:
+        fail(str(exc))
+    m = s.metrics
+    console.print(
+        f"model {s.version} in {s.where}: {s.train['n']} training rows, holdout {s.holdout['n']} "
+        f"rows: AUC {m['roc_auc']:.4f}, AP {m['average_precision']:.4f}, "
+        f"threshold {m['threshold']:.4f}"
+    )
+    if s.promoted:
+        console.print(f"current model: {s.version}")
+    console.print(s.reason)
+
+
+@app.command("score")
+def offline_score(
+    model: Annotated[
+        str, typer.Option(help="Model directory, or a version (or 'current') of --data-dir.")
+    ],
+    input_path: Annotated[Path, typer.Option("--input", help="Features file to score.")],
+    output: Annotated[Path, typer.Option(help="Results Parquet file (schema RESULTS).")],
+    threshold: Annotated[
+        float | None, typer.Option(help="Alert threshold (default: the model's).")
+    ] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Score a features file as infer does: scores, alerts and their reason codes."""
+    from fraudpipe.offline import OfflineError, score_file
+
+    settings = settings_from(config, data_dir=data_dir, **{"infer.threshold": threshold})
+    try:
+        s = score_file(model, input_path, output, settings, console)
+    except OfflineError as exc:
+        fail(str(exc))
+    console.print(
+        f"scored {s.rows} rows with model {s.model_version}: {s.alerts} alerts at threshold "
+        f"{s.threshold:.4f}; wrote {s.output}"
+    )
+
+
+# -- fraudpipe simulate / evaluate: the handbook's protocol (logic in evaluate.py) --------------
+
+
+@app.command("simulate")
+def simulate_file(
+    output: Annotated[
+        Path, typer.Option("--output", help="File to write: .parquet or .csv (by suffix).")
+    ],
+    days: Annotated[int, typer.Option(min=1, help="Simulated days from the start date.")] = 183,
+    config: ConfigFile = None,
+) -> None:
+    """Write the simulator's transactions (gather.simulator settings) to a file.
+
+    Our columns: transaction_id, ts, customer_id, terminal_id, amount, is_fraud,
+    fraud_scenario. The same settings give the same file: `fraudpipe evaluate --input` it.
+    """
+    import polars as pl
+    from rich.progress import Progress
+
+    from fraudpipe.simulate import Simulator
+
+    suffix = output.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv"):
+        fail(f"--output {output}: the suffix must be .parquet, .pq or .csv")
+    if not output.parent.is_dir():
+        fail(f"--output {output}: no directory {output.parent}")
+    settings = settings_from(config)
+    sim = Simulator(settings.gather.simulator, settings.gather.label_delay_days)
+    frames = []
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("simulating days", total=days)
+        for d in range(days):
+            frames.append(sim.day(d).drop("label_ts"))
+            progress.advance(task)
+    data = pl.concat(frames)
+    if suffix == ".csv":
+        data.write_csv(output)
+    else:
+        data.write_parquet(output)
+    console.print(
+        f"wrote {data.height:,} transactions ({int(data['is_fraud'].sum()):,} frauds) over "
+        f"{days} days from {sim.start_date} to {output}"
+    )
+
+
+@app.command("evaluate")
+def evaluate_file(
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input", help="Transactions, Parquet or CSV (our or the handbook's column names)."
+        ),
+    ],
+    train_start: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="First training day (default: 2018-07-25 when the data covers the window, "
+            "else the latest start that fits).",
+        ),
+    ] = None,
+    train_days: Annotated[int, typer.Option(min=1)] = 7,
+    gap_days: Annotated[
+        int, typer.Option(min=0, help="Days between train and test; labels arrive this late.")
+    ] = 7,
+    test_days: Annotated[int, typer.Option(min=1)] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    config: ConfigFile = None,
+) -> None:
+    """Run the fraud handbook's evaluation protocol on a labeled transactions file and compare
+    with its published results (features and model as the pipeline's, from the config)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from fraudpipe import evaluate as ev
+
+    settings = settings_from(config)
+    err = Console(stderr=True)
+    try:
+        with err.status(f"reading {input_path}"):
+            data = ev.load(input_path, gap_days)
+        window = ev.choose_window(
+            *ev.data_days(data),
+            train_start=None if train_start is None else train_start.date(),
+            train_days=train_days,
+            gap_days=gap_days,
+            test_days=test_days,
+        )
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("starting", total=None)
+
+            def step(what: str) -> None:
+                progress.update(task, description=what, completed=0, total=None)
+
+            def rounds(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            result = ev.evaluate_protocol(
+                data,
+                window,
+                settings.features,
+                settings.train,
+                step=step,
+                progress=rounds,
+            )
+    except ev.EvaluationError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+    else:
+        console.print(ev.table(result))
 
 
 # -- fraudpipe queue ---------------------------------------------------------------------------

@@ -1,0 +1,360 @@
+"""The fraud handbook's evaluation protocol, on any dataset with our transaction columns.
+
+Le Borgne et al., "Reproducible Machine Learning for Credit Card Fraud Detection", chapters 3-4:
+
+- features over the whole history, by :func:`fraudpipe.features.compute_features` (the code path
+  streaming uses), with labels arriving ``gap_days`` after their transaction;
+- train on ``train_days`` days from ``train_start`` (the handbook: 2018-07-25..07-31), then a
+  ``gap_days`` gap (the label delay: the last training labels arrive as the test starts), then
+  ``test_days`` test days (the handbook: 2018-08-08..08-14);
+- known compromised cards leave the test set. The handbook's ``get_train_test_set`` starts
+  from the customers with a fraud in the training week and, before each test day T, adds those
+  with a fraud on day T - gap - 1: the frauds whose label arrived before T (a label arrives
+  ``gap_days`` after its transaction), counted from the training week's first day on. So a
+  test row of day T is removed when its customer has a fraud with ts >= train_start and
+  label_ts < T (midnight), which is what :func:`known_compromised_mask` computes;
+- metrics on what remains: ROC AUC, average precision, and card precision@100
+  (:func:`card_precision_at_k`).
+
+The model is the pipeline's own (:func:`fraudpipe.model.train_booster` with the train
+settings), early-stopped on the last ``valid_days`` of the training window and then refitted on
+the whole window with the rounds found, as the train stage does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+from rich.table import Table
+
+from fraudpipe import replay
+from fraudpipe.config import FeatureSettings, TrainSettings
+from fraudpipe.features import compute_features, feature_names
+from fraudpipe.model import average_precision, roc_auc, train_with_validation
+from fraudpipe.simulate import DAY_US
+
+HANDBOOK_TRAIN_START = dt.date(2018, 7, 25)
+TOP_K = 100
+
+# Published test results of the handbook (ROC AUC, average precision, card precision@100).
+PUBLISHED: dict[str, tuple[float, float, float]] = {
+    "logistic regression": (0.871, 0.606, 0.291),
+    "random forest": (0.867, 0.658, 0.287),
+    "XGBoost": (0.862, 0.639, 0.273),
+    "tuned XGBoost": (0.869, 0.687, 0.303),
+    "random": (0.5, 0.007, 0.017),
+}
+
+_EPOCH = dt.date(1970, 1, 1)
+
+Step = Callable[[str], None]  # called with a description as each long step starts
+
+
+class EvaluationError(ValueError):
+    """The data cannot be evaluated under the protocol; the message says why."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Train, gap and test days: [train_start, +train_days) gap [test_start, +test_days)."""
+
+    train_start: dt.date
+    train_days: int = 7
+    gap_days: int = 7
+    test_days: int = 7
+
+    @property
+    def test_start(self) -> dt.date:
+        return self.train_start + dt.timedelta(days=self.train_days + self.gap_days)
+
+    @property
+    def end(self) -> dt.date:
+        """The day after the last test day."""
+        return self.test_start + dt.timedelta(days=self.test_days)
+
+    def as_dict(self) -> dict[str, Any]:
+        last = dt.timedelta(days=1)
+        return {
+            "train": [
+                self.train_start.isoformat(),
+                (self.train_start + dt.timedelta(days=self.train_days) - last).isoformat(),
+            ],
+            "test": [self.test_start.isoformat(), (self.end - last).isoformat()],
+            "train_days": self.train_days,
+            "gap_days": self.gap_days,
+            "test_days": self.test_days,
+        }
+
+
+def choose_window(
+    first_day: dt.date,
+    last_day: dt.date,
+    train_start: dt.date | None = None,
+    train_days: int = 7,
+    gap_days: int = 7,
+    test_days: int = 7,
+) -> Window:
+    """The protocol's window on data covering first_day..last_day (whole days).
+
+    Without train_start: the handbook's 2018-07-25 when the data covers its window, else the
+    latest start that still fits (the test ends on the data's last day).
+    """
+    for name, value, least in (
+        ("train days", train_days, 1),
+        ("gap days", gap_days, 0),
+        ("test days", test_days, 1),
+    ):
+        if value < least:
+            raise EvaluationError(f"{name} must be at least {least}, got {value}")
+    span = dt.timedelta(days=train_days + gap_days + test_days)
+    if train_start is None:
+        fits = first_day <= HANDBOOK_TRAIN_START and HANDBOOK_TRAIN_START + span <= last_day + (
+            dt.timedelta(days=1)
+        )
+        train_start = HANDBOOK_TRAIN_START if fits else last_day + dt.timedelta(days=1) - span
+    window = Window(train_start, train_days, gap_days, test_days)
+    if train_start < first_day or window.end > last_day + dt.timedelta(days=1):
+        raise EvaluationError(
+            f"too few days for the protocol: it needs {span.days} days ({train_days} train + "
+            f"{gap_days} gap + {test_days} test) from {train_start} to "
+            f"{window.end - dt.timedelta(days=1)}, but the data covers {first_day} to "
+            f"{last_day} ({(last_day - first_day).days + 1} days)"
+        )
+    return window
+
+
+def _day_numbers(ts: pl.Series) -> npt.NDArray[np.int64]:
+    return np.asarray(ts.to_physical().to_numpy() // DAY_US, dtype=np.int64)
+
+
+def _day_number(day: dt.date) -> int:
+    return (day - _EPOCH).days
+
+
+def known_compromised_mask(data: pl.DataFrame, window: Window) -> npt.NDArray[np.bool_]:
+    """For each row of data: is it a test row whose card was known compromised that day?
+
+    data: ts, customer_id, is_fraud, label_ts. A card is known compromised on test day T when
+    it has a fraud with ts >= train_start whose label arrived before T (label_ts < T 00:00).
+    """
+    start_us = _day_number(window.train_start) * DAY_US
+    frauds = data.filter(
+        (pl.col("is_fraud") == 1) & (pl.col("ts").dt.epoch("us") >= start_us)
+    ).select(
+        "customer_id",
+        # the first test day on which this fraud is known: the day after its label arrived
+        known_from=pl.col("label_ts").dt.epoch("us") // DAY_US + 1,
+    )
+    first_known = frauds.group_by("customer_id").agg(pl.col("known_from").min())
+    joined = data.select("customer_id", day=pl.col("ts").dt.epoch("us") // DAY_US).join(
+        first_known, on="customer_id", how="left", maintain_order="left"
+    )
+    test_lo, test_hi = _day_number(window.test_start), _day_number(window.end)
+    known = (
+        (pl.col("day") >= test_lo)
+        & (pl.col("day") < test_hi)
+        & (pl.col("known_from") <= pl.col("day")).fill_null(False)
+    )
+    return np.asarray(joined.select(known.alias("k"))["k"].to_numpy(), dtype=np.bool_)
+
+
+def card_precision_at_k(
+    day: np.ndarray, customer: np.ndarray, y: np.ndarray, score: np.ndarray, k: int = TOP_K
+) -> tuple[float, list[float]]:
+    """The handbook's card precision@k: (mean over days, per-day values), days in order.
+
+    Per day: each card's score is its highest transaction score and it is fraudulent when any
+    of its transactions is; the k highest-scoring cards (ties: lower customer id first) are
+    alerted, and the day's value is the number of fraudulent ones divided by k (also when the
+    day has fewer than k cards). Fraudulent cards alerted on a day leave the later days.
+    """
+    df = pl.DataFrame(
+        {
+            "day": np.asarray(day, dtype=np.int64),
+            "customer_id": np.asarray(customer, dtype=np.int64),
+            "y": np.asarray(y, dtype=np.int8),
+            "score": np.asarray(score, dtype=np.float64),
+        }
+    )
+    found: set[int] = set()
+    per_day: list[float] = []
+    for d in sorted(df["day"].unique().to_list()):
+        cards = (
+            df.filter((pl.col("day") == d) & ~pl.col("customer_id").is_in(list(found)))
+            .group_by("customer_id")
+            .agg(pl.col("score").max(), pl.col("y").max())
+            .sort(["score", "customer_id"], descending=[True, False])
+            .head(k)
+        )
+        hits = cards.filter(pl.col("y") == 1)["customer_id"].to_list()
+        per_day.append(len(hits) / k)
+        found.update(hits)
+    return (float(np.mean(per_day)) if per_day else 0.0), per_day
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    window: Window
+    metrics: dict[str, Any]
+    info: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window.as_dict(),
+            "metrics": self.metrics,
+            **self.info,
+            "published": {
+                name: dict(
+                    zip(("roc_auc", "average_precision", "card_precision_at_100"), v, strict=True)
+                )
+                for name, v in PUBLISHED.items()
+            },
+        }
+
+
+def data_days(data: pl.DataFrame) -> tuple[dt.date, dt.date]:
+    """(first, last) calendar day of the data's transactions."""
+    days = _day_numbers(data["ts"])
+    return _EPOCH + dt.timedelta(days=int(days.min())), _EPOCH + dt.timedelta(days=int(days.max()))
+
+
+def evaluate_protocol(
+    data: pl.DataFrame,
+    window: Window,
+    features: FeatureSettings,
+    train: TrainSettings,
+    *,
+    step: Step | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Run the protocol on data (the simulator's columns, as replay.load returns them)."""
+    say = step if step is not None else (lambda _: None)
+    if data["is_fraud"].null_count():
+        raise EvaluationError(
+            f"{data['is_fraud'].null_count()} row(s) have no fraud label (is_fraud / TX_FRAUD): "
+            "the protocol needs every transaction labeled"
+        )
+    timings: dict[str, float] = {}
+    names = feature_names(features)
+    lo_us = _day_number(window.train_start) * DAY_US
+    hi_us = _day_number(window.end) * DAY_US
+    ts_us = pl.col("ts").dt.epoch("us")
+    in_window = data.filter((ts_us >= lo_us) & (ts_us < hi_us))
+    tx = data.select(
+        "transaction_id", "ts", "customer_id", "terminal_id", "amount", created_at=pl.lit(0.0)
+    )
+    labels = data.select("transaction_id", "is_fraud", "label_ts")
+
+    say(f"computing {len(names)} features for {in_window.height:,} rows")
+    started = time.perf_counter()
+    try:
+        feats = compute_features(tx, labels, features, query_ids=in_window["transaction_id"])
+    except ValueError as exc:
+        raise EvaluationError(f"cannot compute the features: {exc}") from None
+    timings["features_s"] = round(time.perf_counter() - started, 2)
+    rows = in_window.select("transaction_id", "is_fraud", "label_ts").hstack(
+        feats.drop("transaction_id")
+    )
+    day = _day_numbers(rows["ts"])
+    train_end = _day_number(window.train_start) + window.train_days
+    test_lo = _day_number(window.test_start)
+    is_train = day < train_end
+    is_test = (day >= test_lo) & ~known_compromised_mask(rows, window)
+    n_removed = int(((day >= test_lo) & ~is_test).sum())
+
+    X = np.ascontiguousarray(rows.select(names).to_numpy(), dtype=np.float32)
+    y = rows["is_fraud"].to_numpy().astype(np.int8)
+    n_fraud = int(y[is_train].sum())
+    if n_fraud == 0 or n_fraud == int(is_train.sum()):
+        raise EvaluationError(
+            f"the training days ({window.as_dict()['train'][0]}..{window.as_dict()['train'][1]}) "
+            f"hold {int(is_train.sum())} transactions, {n_fraud} of them fraud: a model needs "
+            "both classes"
+        )
+    say(f"training on {int(is_train.sum()):,} rows")
+    started = time.perf_counter()
+    booster, fit_info = train_with_validation(
+        X[is_train], y[is_train], day[is_train], train, names, progress=progress
+    )
+    timings["train_s"] = round(time.perf_counter() - started, 2)
+    say(f"scoring {int(is_test.sum()):,} test rows")
+    scores = np.asarray(booster.predict(X[is_test]), dtype=np.float64)
+    y_test = y[is_test]
+    cp_mean, cp_days = card_precision_at_k(
+        day[is_test], rows["customer_id"].to_numpy()[is_test], y_test, scores
+    )
+    metrics = {
+        "roc_auc": roc_auc(y_test, scores),
+        "average_precision": average_precision(y_test, scores),
+        "card_precision_at_100": cp_mean,
+        "card_precision_at_100_per_day": cp_days,
+    }
+    info = {
+        "train": {"n": int(is_train.sum()), "n_fraud": int(y[is_train].sum()), **fit_info},
+        "test": {
+            "n": int(is_test.sum()),
+            "n_fraud": int(y_test.sum()),
+            "removed_known_compromised": n_removed,
+        },
+        "features": names,
+        "seconds": timings,
+    }
+    return Evaluation(window, metrics, info)
+
+
+def load(path: Path, label_delay_days: int) -> pl.DataFrame:
+    """A transactions file (Parquet/CSV, our or the handbook's column names) as
+    replay.load returns it, with every row labeled; labels arrive label_delay_days later."""
+    try:
+        data = replay.load(path, {}, label_delay_days * DAY_US)
+    except replay.ReplayError as exc:
+        raise EvaluationError(str(exc)) from None
+    missing = data["is_fraud"].null_count()
+    if missing == data.height:
+        raise EvaluationError(
+            f"{path}: no fraud label column (looked for 'is_fraud' and 'TX_FRAUD'): the "
+            "protocol trains and measures on labeled transactions"
+        )
+    if missing:
+        raise EvaluationError(f"{path}: {missing} row(s) have no fraud label (is_fraud)")
+    return data
+
+
+def table(ev: Evaluation) -> Table:
+    """Our figures beside the handbook's published ones."""
+    w = ev.window.as_dict()
+    out = Table(
+        "model",
+        "ROC AUC",
+        "average precision",
+        "card precision@100",
+        title=f"handbook protocol: train {w['train'][0]}..{w['train'][1]}, "
+        f"test {w['test'][0]}..{w['test'][1]}",
+        caption=f"test: {ev.info['test']['n']:,} transactions, {ev.info['test']['n_fraud']} "
+        f"frauds ({ev.info['test']['removed_known_compromised']:,} of known compromised cards "
+        f"removed); train: {ev.info['train']['n']:,} transactions, "
+        f"{ev.info['train']['n_fraud']} frauds",
+    )
+
+    def cell(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    m = ev.metrics
+    out.add_row(
+        f"fraudpipe (LightGBM, {len(ev.info['features'])} features)",
+        cell(m["roc_auc"]),
+        cell(m["average_precision"]),
+        cell(m["card_precision_at_100"]),
+        style="bold",
+    )
+    for name, (auc, ap, cp) in PUBLISHED.items():
+        out.add_row(f"handbook: {name}", cell(auc), cell(ap), cell(cp))
+    return out

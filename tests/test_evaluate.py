@@ -1,0 +1,231 @@
+"""evaluate.py and `fraudpipe simulate` / `fraudpipe evaluate`: the handbook's protocol."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from fraudpipe.evaluate import (
+    EvaluationError,
+    Window,
+    card_precision_at_k,
+    choose_window,
+    known_compromised_mask,
+)
+from fraudpipe.replay import HANDBOOK_COLUMNS
+
+from .conftest import fraudpipe
+
+D = dt.date
+
+
+# -- card precision@k ------------------------------------------------------------------------
+
+
+def test_card_precision_at_k_by_hand() -> None:
+    rows = [  # (day, customer, is_fraud, score)
+        # day 0: cards D 0.95 (genuine), A 0.9 (its max; fraud on its other row), B 0.8, C 0.7
+        (0, 1, 0, 0.9),
+        (0, 1, 1, 0.1),
+        (0, 2, 0, 0.8),
+        (0, 3, 1, 0.7),
+        (0, 4, 0, 0.95),
+        # day 1: A was found on day 0 and is gone; top 2 of the rest: C, B, both fraudulent
+        (1, 1, 1, 0.99),
+        (1, 2, 1, 0.5),
+        (1, 3, 1, 0.6),
+        (1, 4, 0, 0.1),
+        # day 2: B gone; one card left, and the day still divides by k
+        (2, 2, 1, 0.9),
+        (2, 5, 0, 0.3),
+        # day 3: a tie at 0.5: the lower customer id (6, genuine) comes first, then 7 (fraud)
+        (3, 7, 1, 0.5),
+        (3, 6, 0, 0.5),
+        (3, 8, 1, 0.4),
+    ]
+    day, cust, y, score = (np.array(c) for c in zip(*rows, strict=True))
+    mean, per_day = card_precision_at_k(day, cust, y, score, k=2)
+    assert per_day == [0.5, 1.0, 0.0, 0.5]
+    assert mean == 0.5
+    # a top k that holds every card: each fraudulent card is counted on its first day only
+    mean_all, per_day_all = card_precision_at_k(day, cust, y, score, k=100)
+    assert per_day_all == [0.02, 0.01, 0.0, 0.02]  # A, C / B (A, C found) / none (B) / 7, 8
+    assert mean_all == pytest.approx(0.0125)
+
+
+# -- known compromised cards -------------------------------------------------------------------
+
+
+def test_known_compromised_cards_leave_the_test_days() -> None:
+    window = Window(D(2018, 7, 25))  # train 07-25..07-31, gap 08-01..08-07, test 08-08..08-14
+    assert window.test_start == D(2018, 8, 8) and window.end == D(2018, 8, 15)
+    T = dt.datetime
+    rows = [  # (customer, ts, is_fraud, test row removed?)
+        (1, T(2018, 7, 20, 12), 1, False),  # fraud before the training days: not counted
+        (1, T(2018, 8, 8, 12), 0, False),
+        (2, T(2018, 7, 26, 12), 1, False),  # training fraud, label 08-02: known from 08-03
+        (2, T(2018, 7, 28, 12), 0, False),  # not a test row
+        (2, T(2018, 8, 8, 12), 0, True),
+        (3, T(2018, 8, 1, 10), 1, False),  # gap fraud, label 08-08 10:00: known from 08-09
+        (3, T(2018, 8, 8, 23), 0, False),
+        (3, T(2018, 8, 9, 1), 1, True),
+        (4, T(2018, 8, 8, 9), 1, False),  # a test-day fraud: its label comes after the test
+        (4, T(2018, 8, 14, 9), 1, False),
+        (5, T(2018, 8, 10, 9), 0, False),
+        (6, T(2018, 7, 31, 23, 59, 59), 1, False),  # label 08-07 23:59:59: known on 08-08
+        (6, T(2018, 8, 8, 0, 0, 1), 0, True),
+        (7, T(2018, 8, 1, 0, 0, 0), 1, False),  # label at 08-08 00:00: not *before* 08-08
+        (7, T(2018, 8, 8, 12), 0, False),
+        (7, T(2018, 8, 9, 0, 0, 0), 0, True),
+        (8, T(2018, 8, 20, 12), 0, False),  # after the test days
+    ]
+    data = pl.DataFrame(
+        {
+            "customer_id": [r[0] for r in rows],
+            "ts": [r[1] for r in rows],
+            "is_fraud": [r[2] for r in rows],
+        },
+        schema_overrides={"ts": pl.Datetime("us"), "is_fraud": pl.Int8},
+    ).with_columns(label_ts=pl.col("ts") + dt.timedelta(days=7))
+    removed = known_compromised_mask(data, window)
+    assert removed.tolist() == [r[3] for r in rows]
+    # the handbook's day rule: on test day T, frauds of days train_start .. T - 8 are known
+    day = data["ts"].dt.date().to_list()
+    handbook = []
+    for k, (cust, *_rest) in enumerate(rows):
+        known = {
+            c
+            for c, when, fraud, _ in rows
+            if fraud and window.train_start <= when.date() <= day[k] - dt.timedelta(days=8)
+        }
+        handbook.append(window.test_start <= day[k] < window.end and cust in known)
+    assert removed.tolist() == handbook
+
+
+# -- the window --------------------------------------------------------------------------------
+
+
+def test_window_defaults_to_the_handbook_then_to_the_latest_that_fits() -> None:
+    first, last = D(2018, 4, 1), D(2018, 9, 30)  # the simulator's 183 days
+    assert choose_window(first, last) == Window(D(2018, 7, 25))
+    assert choose_window(first, D(2018, 8, 14)) == Window(D(2018, 7, 25))  # just covers it
+    # the handbook's window does not fit: the test ends on the data's last day
+    assert choose_window(first, D(2018, 8, 13)).train_start == D(2018, 7, 24)
+    assert choose_window(D(2018, 7, 26), last).end == D(2018, 10, 1)
+    short = choose_window(first, D(2018, 5, 30), train_days=3, gap_days=2, test_days=4)
+    assert short.as_dict()["train"] == ["2018-05-22", "2018-05-24"]
+    assert short.as_dict()["test"] == ["2018-05-27", "2018-05-30"]
+    with pytest.raises(EvaluationError, match=r"too few days .* needs 21 days"):
+        choose_window(first, D(2018, 4, 20))
+    with pytest.raises(EvaluationError, match="too few days"):
+        choose_window(first, last, train_start=D(2018, 3, 30))
+    with pytest.raises(EvaluationError, match="too few days"):
+        choose_window(first, last, train_start=D(2018, 9, 20))
+
+
+# -- the commands, end to end ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(config, transactions) of a small simulated dataset: 60 days from 2018-04-01."""
+    root = tmp_path_factory.mktemp("evaluate")
+    config = root / "small.yaml"
+    config.write_text(
+        yaml.safe_dump({"gather": {"simulator": {"n_customers": 400, "n_terminals": 800}}})
+    )
+    out = root / "tx.parquet"
+    fraudpipe("simulate", "--days", "60", "--output", str(out), "--config", str(config), check=True)
+    return config, out
+
+
+def test_simulate_writes_our_columns_reproducibly(small: tuple[Path, Path], tmp_path: Path) -> None:
+    config, first = small
+    data = pl.read_parquet(first)
+    assert data.columns == [
+        "transaction_id",
+        "ts",
+        "customer_id",
+        "terminal_id",
+        "amount",
+        "is_fraud",
+        "fraud_scenario",
+    ]
+    assert data["ts"].dt.date().min() == D(2018, 4, 1)
+    assert data["ts"].dt.date().max() == D(2018, 5, 30)
+    assert 0 < data["is_fraud"].sum() < data.height
+    again = tmp_path / "again.csv"
+    fraudpipe(
+        "simulate", "--days", "60", "--output", str(again), "--config", str(config), check=True
+    )
+    from_csv = pl.read_csv(again, try_parse_dates=True).cast(data.schema)  # type: ignore[arg-type]
+    assert from_csv.equals(data)
+    bad = fraudpipe("simulate", "--output", str(tmp_path / "tx.json"))
+    assert bad.returncode == 2 and ".json" not in bad.stdout and "suffix" in bad.stderr
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_evaluate_end_to_end_in_handbook_columns(
+    small: tuple[Path, Path], tmp_path: Path, suffix: str
+) -> None:
+    config, source = small
+    handbook = pl.read_parquet(source).drop("fraud_scenario")
+    handbook = handbook.rename({ours: theirs for ours, theirs in HANDBOOK_COLUMNS.items()})
+    path = tmp_path / f"handbook{suffix}"
+    if suffix == ".csv":
+        handbook.write_csv(path)
+    else:
+        handbook.write_parquet(path)
+    args = ("evaluate", "--input", str(path), "--config", str(config))
+
+    proc = fraudpipe(*args, "--train-start", "2018-05-01", "--json", check=True)
+    out = json.loads(proc.stdout)
+    assert out["window"]["train"] == ["2018-05-01", "2018-05-07"]
+    assert out["window"]["test"] == ["2018-05-15", "2018-05-21"]
+    m = out["metrics"]
+    assert 0.5 < m["roc_auc"] <= 1 and 0 < m["average_precision"] <= 1
+    assert 0 < m["card_precision_at_100"] <= 1 and len(m["card_precision_at_100_per_day"]) == 7
+    assert out["test"]["removed_known_compromised"] > 0
+    assert out["train"]["n_fraud"] > 0 and out["test"]["n_fraud"] > 0
+    assert out["published"]["tuned XGBoost"]["average_precision"] == 0.687
+
+    # default window: the latest that fits
+    table = fraudpipe(*args, env={"COLUMNS": "200"}, check=True)
+    assert "train 2018-05-10..2018-05-16" in table.stdout
+    assert "test 2018-05-24..2018-05-30" in table.stdout
+    for name in ("fraudpipe (LightGBM", "logistic regression", "0.871", "tuned XGBoost", "0.303"):
+        assert name in table.stdout
+
+
+def test_evaluate_bad_input_exits_2_naming_the_problem(
+    small: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config, source = small
+    missing = fraudpipe("evaluate", "--input", str(tmp_path / "nope.parquet"))
+    assert missing.returncode == 2
+    assert "nope.parquet" in missing.stderr and "no such file" in missing.stderr
+
+    wrong = tmp_path / "wrong.csv"
+    pl.read_parquet(source).rename({"terminal_id": "merchant"}).write_csv(wrong)
+    proc = fraudpipe("evaluate", "--input", str(wrong))
+    assert proc.returncode == 2
+    assert "terminal_id" in proc.stderr and "TERMINAL_ID" in proc.stderr
+
+    unlabeled = tmp_path / "unlabeled.parquet"
+    pl.read_parquet(source).drop("is_fraud").write_parquet(unlabeled)
+    proc = fraudpipe("evaluate", "--input", str(unlabeled))
+    assert proc.returncode == 2 and "no fraud label column" in proc.stderr
+
+    short = tmp_path / "short.parquet"
+    pl.read_parquet(source).filter(pl.col("ts") < dt.datetime(2018, 4, 15)).write_parquet(short)
+    proc = fraudpipe("evaluate", "--input", str(short), "--config", str(config))
+    assert proc.returncode == 2
+    assert "too few days for the protocol" in proc.stderr and "14 days" in proc.stderr
+    for line in (proc.stderr, missing.stderr):
+        assert "Traceback" not in line
