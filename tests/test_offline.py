@@ -134,6 +134,11 @@ def test_model_directory_holds_a_registry_version(offline: Path) -> None:
     )
     assert manifest["threshold"] == manifest["metrics"]["threshold"] is not None
     assert manifest["metrics"]["roc_auc"] > 0.8
+    # trained as the train stage trains: early stopping on the last valid_days, then a refit
+    assert manifest["fit"]["rounds"] == manifest["num_trees"]
+    assert set(manifest["fit"]) >= {"rounds", "best_iteration"}
+    assert manifest["offline"]["train_start"] == "2018-04-01T00:00:00"
+    assert manifest["decision"] == "saved" and "there is no champion" in manifest["reason"]
 
 
 def test_score_is_what_infer_computes(offline: Path) -> None:

@@ -13,7 +13,7 @@ from fraudpipe.config import TrainSettings
 from fraudpipe.eventlog import EventLog
 from fraudpipe.layout import Layout
 from fraudpipe.registry import ModelRegistry
-from fraudpipe.training import run_training
+from fraudpipe.training import missing, run_training, split_holdout
 
 START = dt.datetime(2018, 4, 1)
 DAYS = 20
@@ -215,6 +215,21 @@ def test_holdout_without_fraud_is_not_enough_data(tmp_path: Path) -> None:
     outcome = run_training(Layout(tmp_path), CFG, FEATURES)
     assert outcome.status == "not-enough-data"
     assert "holds no fraud" in outcome.reason
+
+
+def test_without_minimums_only_an_unusable_split_is_refused() -> None:
+    """What offline training checks (missing(..., minimums=False)): no min_labeled_rows, no
+    min_frauds, but still both classes to learn from and a fraud in the holdout."""
+    ts = [START + dt.timedelta(days=d) for d in range(6)]
+    rows = pl.DataFrame({"ts": ts, "is_fraud": [0, 1, 0, 0, 1, 0]})
+    split = split_holdout(rows, CFG.holdout_days)  # holdout: the rows after day 3
+    assert split.holdout_start == ts[3] and (split.train.height, split.holdout.height) == (4, 2)
+    assert "need min_labeled_rows=1000" in str(missing(split, CFG))
+    assert missing(split, CFG, minimums=False) is None
+    no_fraud = split_holdout(rows.with_columns(is_fraud=pl.lit(0)), CFG.holdout_days)
+    assert "hold no fraud" in str(missing(no_fraud, CFG, minimums=False))
+    holdout_legit = split_holdout(rows.with_columns(is_fraud=pl.Series([0, 1, 0, 0, 0, 0])), 2)
+    assert "holdout (2 rows" in str(missing(holdout_legit, CFG, minimums=False))
 
 
 def test_stop_request_saves_nothing(tmp_path: Path) -> None:

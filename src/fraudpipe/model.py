@@ -1,7 +1,8 @@
 """The fraud model: LightGBM training, ONNX export and scoring, and holdout metrics.
 
 Nothing here knows the shared volume; registry.py stores models and training.py runs a
-training end to end. Metrics are plain numpy so that every stage can use them.
+training end to end. Metrics are plain numpy so that every stage can use them. Reason codes
+(:func:`alert_reasons`) are built here once, for infer and for ``fraudpipe score``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import numpy as np
 import numpy.typing as npt
 import onnxmltools
 import onnxruntime as ort
+import polars as pl
+import pyarrow as pa
 from onnxmltools.convert.common.data_types import FloatTensorType
 
+from fraudpipe import schema
 from fraudpipe.config import TrainSettings
 
 SEED = 42
@@ -265,6 +269,39 @@ def top_contributions(
         [(feature_names[j], v) for j, v in zip(idx, vals, strict=True)]
         for idx, vals in zip(order.tolist(), values.tolist(), strict=True)
     ]
+
+
+def alert_reasons(
+    booster: lgb.Booster,
+    X: np.ndarray,
+    alerts: np.ndarray,
+    feature_names: list[str],
+    k: int = schema.REASONS,
+    *,
+    threads: int = 0,
+) -> pl.Series:
+    """The results' reasons column: top_contributions for the alert rows, [] for every other.
+
+    X is the float32 matrix the ONNX export scored (so the booster explains exactly the inputs
+    scored) and alerts a boolean per row of X. Only the alert rows are explained. The column is
+    built from Arrow offsets rather than one Python list per row, so rows without alerts cost a
+    cumulative sum, not a per-row loop. Its dtype is ``schema.RESULTS["reasons"]``.
+    """
+    rows = np.flatnonzero(alerts)
+    explained = top_contributions(booster, X[rows], feature_names, k, threads=threads)
+    lengths = np.zeros(len(alerts), dtype=np.int64)
+    lengths[rows] = [len(r) for r in explained]
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    pairs = [pair for r in explained for pair in r]
+    values = pa.StructArray.from_arrays(
+        [
+            pa.array([f for f, _ in pairs], type=pa.large_string()),
+            pa.array([c for _, c in pairs], type=pa.float64()),
+        ],
+        names=["feature", "contribution"],
+    )
+    column = pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), values)
+    return pl.Series("reasons", column).cast(schema.RESULTS["reasons"])
 
 
 def _binary(y: np.ndarray, s: np.ndarray) -> tuple[npt.NDArray[np.bool_], np.ndarray]:

@@ -11,15 +11,16 @@ Three steps, each what a stage does to a stream, done to a whole file at once:
   of a history the pipeline never streamed (a data set of your own, a new feature set or new
   windows), train on them and promote the model before the stream has any labels, or re-score
   the past with a new model.
-- :func:`train_model` (``fraudpipe train``): LightGBM with the train stage's parameters
-  (:func:`model.train_booster` and the ``train`` settings) on the rows of a time window,
-  split as the train stage splits: the newest ``holdout_days`` (up to the window's latest
-  labeled row) are held out and give the metrics and the best-F1 threshold, scored by the ONNX
-  export that inference runs. The model goes to a directory holding what a registry version
-  holds, or into the registry (``models/``), promoted on request.
+- :func:`train_model` (``fraudpipe train``): the train stage's own steps
+  (:mod:`fraudpipe.training`: split_holdout, missing, fit, judge, manifest) on the rows of a
+  time window: the newest ``holdout_days`` (up to the window's latest labeled row) are held
+  out and give the metrics and the best-F1 threshold, scored by the ONNX export that inference
+  runs; boosting is early-stopped on the training days' last ``valid_days``, then refitted.
+  The model goes to a directory holding what a registry version holds, or into the registry
+  (``models/``), promoted on request.
 - :func:`score_file` (``fraudpipe score``): :class:`model.OnnxScorer` as infer uses it, the
   manifest's threshold (or ``infer.threshold``), and reason codes for the alerts from
-  :func:`model.top_contributions`, written in ``schema.RESULTS`` columns.
+  :func:`model.alert_reasons` (infer's), written in ``schema.RESULTS`` columns.
 
 Offline rows never entered the stream: ``created_at`` is null in the features written here
 and is passed through from the input when scoring (a feature-store file keeps it);
@@ -55,7 +56,6 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-import fraudpipe
 from fraudpipe import durable, schema
 from fraudpipe.config import Settings
 from fraudpipe.features import compute_features, feature_names
@@ -68,7 +68,6 @@ from fraudpipe.simulate import DAY_US
 if TYPE_CHECKING:
     import lightgbm as lgb
 
-    from fraudpipe.registry import ModelRegistry
 
 SCORE_CHUNK_ROWS = 100_000  # rows scored (and explained) per step: bounded memory, progress
 
@@ -326,66 +325,6 @@ def _labeled_rows(
     return data, cutoff
 
 
-def _summary(part: pl.DataFrame) -> dict[str, Any]:
-    """The train stage's summary of a split (n, frauds, first and last ts)."""
-    return {
-        "n": part.height,
-        "n_fraud": int(part["is_fraud"].sum()),
-        "first_ts": cast(dt.datetime, part["ts"].min()).isoformat() if part.height else None,
-        "last_ts": cast(dt.datetime, part["ts"].max()).isoformat() if part.height else None,
-    }
-
-
-def _unusable(train: dict[str, Any], holdout: dict[str, Any]) -> str | None:
-    """Why this split cannot train and judge a model, or None when it can."""
-    if train["n"] == 0:
-        return "the training days (before the holdout) hold no labeled row"
-    if train["n_fraud"] == 0:
-        return f"the training days ({train['first_ts']} .. {train['last_ts']}) hold no fraud"
-    if train["n_fraud"] == train["n"]:
-        return "the training days hold no legitimate transaction"
-    if holdout["n_fraud"] == 0:
-        return (
-            f"the holdout ({holdout['n']} rows, {holdout['first_ts']} .. {holdout['last_ts']}) "
-            "holds no fraud, so average precision and the threshold are undefined"
-        )
-    return None
-
-
-def _champion(
-    registry: ModelRegistry | None,
-    settings: Settings,
-    names: list[str],
-    X_holdout: np.ndarray,
-    y_holdout: np.ndarray,
-    challenger_ap: float,
-) -> tuple[bool, str, dict[str, Any]]:
-    """(beats the champion?, comparison, champion record), as the train stage judges."""
-    from fraudpipe.model import ModelLoadError, OnnxScorer, evaluate
-    from fraudpipe.registry import RegistryError
-
-    current = registry.current() if registry is not None else None
-    record: dict[str, Any] = {"version": current, "metrics": None}
-    if registry is None or current is None:
-        return True, "there is no champion", record
-    try:
-        if registry.manifest(current).get("feature_names") != names:
-            return True, f"champion {current} uses other features", record
-        scores = OnnxScorer(registry.onnx_path(current)).score(X_holdout)
-    except (RegistryError, ModelLoadError, OSError, ValueError) as exc:
-        return True, f"champion {current} cannot be evaluated ({exc})", record
-    record["metrics"] = evaluate(y_holdout, scores)
-    champion_ap = record["metrics"]["average_precision"]
-    min_gain = settings.train.min_improvement
-    wins = challenger_ap > champion_ap + min_gain
-    return (
-        wins,
-        f"challenger average precision {challenger_ap:.4f} vs champion {current} "
-        f"{champion_ap:.4f} on the same holdout (min_improvement {min_gain:g})",
-        record,
-    )
-
-
 def train_model(
     features_path: Path,
     settings: Settings,
@@ -405,16 +344,13 @@ def train_model(
     what was known at a time to train as of that time. The train stage's min_labeled_rows and
     min_frauds gate its scheduled runs; here the operator chose the window, so only a split
     that cannot train or be judged (no fraud or no genuine row to learn from, no fraud in the
-    holdout) is refused.
+    holdout) is refused: ``training.missing(..., minimums=False)``. Split, training, holdout
+    metrics, champion comparison and manifest are the train stage's (:mod:`fraudpipe.training`);
+    the manifest adds an ``offline`` record of the files and window, its decision is
+    "promoted" or "saved", and its reason says so before what the comparison found.
     """
-    from fraudpipe.model import (
-        OnnxScorer,
-        booster_params,
-        evaluate,
-        export_onnx,
-        train_booster,
-    )
     from fraudpipe.registry import ModelRegistry, RegistryError
+    from fraudpipe.training import fit, judge, manifest, missing, split_holdout
 
     if train_start >= train_end:
         raise OfflineError(f"--train-start {train_start} must be before --train-end {train_end}")
@@ -436,81 +372,53 @@ def train_model(
                 f"no labeled row of {features_path} has ts in [{train_start}, {train_end}) "
                 f"(its labeled rows span {_ts_range(labeled['ts'])})"
             )
-        last = cast(dt.datetime, data["ts"].max())
-        holdout_start = last - dt.timedelta(days=cfg.holdout_days)
-        train = data.filter(pl.col("ts") <= holdout_start)
-        holdout = data.filter(pl.col("ts") > holdout_start)
-        train_info, holdout_info = _summary(train), _summary(holdout)
-        problem = _unusable(train_info, holdout_info)
+        split = split_holdout(data, cfg.holdout_days)
+        problem = missing(split, cfg, minimums=False)
         if problem is not None:
             raise OfflineError(
                 f"cannot train on [{train_start}, {train_end}) with holdout_days="
                 f"{cfg.holdout_days}: {problem}"
             )
-        X_train = np.ascontiguousarray(train.select(names).to_numpy(), dtype=np.float32)
-        y_train = train["is_fraud"].to_numpy()
-        X_holdout = np.ascontiguousarray(holdout.select(names).to_numpy(), dtype=np.float32)
-        y_holdout = holdout["is_fraud"].to_numpy()
-        started = time.perf_counter()
-        with steps.counted(f"training on {train.height} rows", cfg.num_boost_round) as update:
-            booster = train_booster(X_train, y_train, cfg, names, progress=update)
-        train_seconds = time.perf_counter() - started
-        with steps.step("exporting ONNX and scoring the holdout"):
-            onnx_bytes = export_onnx(booster, len(names))
-            scores = OnnxScorer(onnx_bytes).score(X_holdout)
-            metrics = evaluate(y_holdout, scores)
-            onnx_diff = np.abs(scores.astype(np.float64) - booster.predict(X_holdout))
-        wins, comparison, champion = _champion(
-            registry, settings, names, X_holdout, y_holdout, metrics["average_precision"]
-        )
+        what = f"training on {split.train.height} rows, then scoring the holdout"
+        with steps.counted(what, cfg.num_boost_round) as update:
+            fitted = fit(split, cfg, names, progress=update)
+        verdict = judge(registry, cfg, names, fitted)
         if promote:
-            reason = f"promoted by operator (fraudpipe train --promote); {comparison}"
+            reason = f"promoted by operator (fraudpipe train --promote); {verdict.finding}"
         else:
-            reason = f"trained offline, not promoted; {comparison}"
-        manifest = {
-            "code_version": fraudpipe.__version__,
-            "feature_names": names,
-            "window": {
-                "first_ts": train_info["first_ts"],
-                "last_ts": holdout_info["last_ts"],
-                "holdout_start": holdout_start.isoformat(),
-                "label_cutoff": cutoff.isoformat() if cutoff is not None else None,
-            },
-            "offline": {
+            reason = f"trained offline, not promoted; {verdict.finding}"
+        content = manifest(
+            names,
+            cfg,
+            split,
+            cutoff,
+            fitted,
+            verdict,
+            "promoted" if promote else "saved",
+            reason,
+            offline={
                 "features": str(features_path),
                 "labels": str(labels_path) if labels_path is not None else None,
                 "train_start": train_start.isoformat(),
                 "train_end": train_end.isoformat(),
             },
-            "train": train_info,
-            "holdout": holdout_info,
-            "metrics": metrics,
-            "threshold": metrics["threshold"],
-            "params": {**booster_params(cfg), "num_boost_round": cfg.num_boost_round},
-            "num_trees": booster.num_trees(),
-            "train_seconds": round(train_seconds, 3),
-            "onnx_vs_lightgbm": {
-                "max_abs_diff": float(onnx_diff.max()),
-                "median_abs_diff": float(np.median(onnx_diff)),
-            },
-            "champion": champion,
-            "decision": "promoted" if promote else "saved",
-            "reason": reason,
-        }
+        )
         with steps.step("saving the model"):
             if registry is None:
                 assert output is not None
-                version = _write_model_dir(output, booster, onnx_bytes, manifest)
+                version = _write_model_dir(output, fitted.booster, fitted.onnx_bytes, content)
                 where = output
             else:
                 try:
-                    version = registry.save(booster, onnx_bytes, manifest)
+                    version = registry.save(fitted.booster, fitted.onnx_bytes, content)
                     if promote:  # forced: the operator's word, not the champion comparison
-                        registry.promote(version, reason, forced=not wins)
+                        registry.promote(version, reason, forced=not verdict.wins)
                 except (RegistryError, OSError) as exc:
                     raise OfflineError(f"registry {registry.root}: {exc}") from exc
                 where = registry.root / version
-    return TrainSummary(version, metrics, train_info, holdout_info, where, promote, reason)
+    return TrainSummary(
+        version, fitted.metrics, split.train_info, split.holdout_info, where, promote, reason
+    )
 
 
 def _write_model_dir(
@@ -597,14 +505,6 @@ class ScoreSummary:
     output: Path
 
 
-def _reasons(explained: list[list[tuple[str, float]]], rows: np.ndarray, n: int) -> pl.Series:
-    """The reasons column: explained[k] for row rows[k], [] for every other row."""
-    cells: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-    for row, reasons in zip(rows.tolist(), explained, strict=True):
-        cells[row] = [{"feature": f, "contribution": c} for f, c in reasons]
-    return pl.Series("reasons", cells, dtype=schema.RESULTS["reasons"])
-
-
 def score_file(
     model: str,
     input_path: Path,
@@ -618,7 +518,7 @@ def score_file(
     """
     import lightgbm as lgb
 
-    from fraudpipe.model import ModelLoadError, OnnxScorer, top_contributions
+    from fraudpipe.model import ModelLoadError, OnnxScorer, alert_reasons
 
     _parquet_target(output_path)
     resolved = _resolve_model(model, settings)
@@ -655,8 +555,6 @@ def score_file(
             scores = scorer.score(X)
             scored_at = time.time()
             alerts = scores >= threshold
-            rows = np.flatnonzero(alerts)
-            explained = top_contributions(booster, X[rows], names, schema.REASONS, threads=threads)
             parts.append(
                 chunk.select(list(schema.TRANSACTIONS)).with_columns(
                     score=pl.Series(scores, dtype=pl.Float32),
@@ -664,7 +562,7 @@ def score_file(
                     model_version=pl.lit(resolved.version, dtype=pl.String),
                     scored_at=pl.lit(scored_at, dtype=pl.Float64),
                     latency_ms=pl.lit(None, dtype=pl.Float64),  # offline: no stream latency
-                    reasons=_reasons(explained, rows, chunk.height),
+                    reasons=alert_reasons(booster, X, alerts, names, threads=threads),
                 )
             )
             update(start + chunk.height, df.height)

@@ -9,6 +9,10 @@ is scored on the holdout with its ONNX export (what inference runs), the champio
 (models/current) on the same rows; the challenger is promoted only when its average precision
 beats the champion's by more than ``min_improvement``. Every trained version is saved; its
 manifest records the decision.
+
+The steps after loading are public (:func:`split_holdout`, :func:`missing`, :func:`fit`,
+:func:`judge`, :func:`manifest`): offline training (``fraudpipe train``, offline.py) runs the
+very same ones on the rows of a file.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import polars as pl
@@ -38,6 +42,9 @@ from fraudpipe.model import (
     train_with_validation,
 )
 from fraudpipe.registry import ModelRegistry, RegistryError
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 Status = Literal["trained-promoted", "trained-kept-champion", "not-enough-data", "stopped"]
 ONE_DAY = dt.timedelta(days=1)
@@ -182,7 +189,19 @@ def _load_labeled(
     return _Labeled(data, cutoff, skipped)
 
 
-def _summary(part: pl.DataFrame) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Split:
+    """Labeled rows split in time: the newest holdout_days are the holdout."""
+
+    train: pl.DataFrame
+    holdout: pl.DataFrame
+    holdout_start: dt.datetime  # train: ts <= holdout_start; holdout: ts > holdout_start
+    train_info: dict[str, Any]  # summary(train)
+    holdout_info: dict[str, Any]  # summary(holdout)
+
+
+def summary(part: pl.DataFrame) -> dict[str, Any]:
+    """Rows, frauds, first and last ts (ISO, None when empty) of labeled rows."""
     return {
         "n": part.height,
         "n_fraud": int(part["is_fraud"].sum()),
@@ -191,18 +210,42 @@ def _summary(part: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def _missing(train: dict[str, Any], holdout: dict[str, Any], cfg: TrainSettings) -> str | None:
-    """Why this split cannot train and judge a model, or None when it can."""
-    n_labeled = train["n"] + holdout["n"]
-    if n_labeled < cfg.min_labeled_rows:
-        return (
-            f"{n_labeled} labeled rows in the window; need min_labeled_rows={cfg.min_labeled_rows}"
-        )
-    if train["n_fraud"] < cfg.min_frauds:
-        return (
-            f"{train['n_fraud']} frauds in the training days ({train['first_ts']} .. "
-            f"{train['last_ts']}); need min_frauds={cfg.min_frauds}"
-        )
+def split_holdout(labeled: pl.DataFrame, holdout_days: float) -> Split:
+    """Hold out the rows within holdout_days of the newest ts of labeled (non-empty).
+
+    labeled holds ts, is_fraud and the features, sorted by ts; both parts keep its order.
+    """
+    holdout_start = _ts_max(labeled["ts"]) - dt.timedelta(days=holdout_days)
+    train = labeled.filter(pl.col("ts") <= holdout_start)
+    holdout = labeled.filter(pl.col("ts") > holdout_start)
+    return Split(train, holdout, holdout_start, summary(train), summary(holdout))
+
+
+def missing(split: Split, cfg: TrainSettings, *, minimums: bool = True) -> str | None:
+    """Why this split cannot train and judge a model, or None when it can.
+
+    With minimums (the train stage's scheduled runs) the window needs ``min_labeled_rows``
+    labeled rows and the training days ``min_frauds`` frauds; without (offline training, whose
+    window the operator chose) only a split that cannot train or be judged is refused: no
+    fraud or no legitimate row to learn from, no fraud in the holdout.
+    """
+    train, holdout = split.train_info, split.holdout_info
+    if minimums:
+        n_labeled = train["n"] + holdout["n"]
+        if n_labeled < cfg.min_labeled_rows:
+            return (
+                f"{n_labeled} labeled rows in the window; "
+                f"need min_labeled_rows={cfg.min_labeled_rows}"
+            )
+        if train["n_fraud"] < cfg.min_frauds:
+            return (
+                f"{train['n_fraud']} frauds in the training days ({train['first_ts']} .. "
+                f"{train['last_ts']}); need min_frauds={cfg.min_frauds}"
+            )
+    if train["n"] == 0:
+        return "the training days (before the holdout) hold no labeled row"
+    if train["n_fraud"] == 0:
+        return f"the training days ({train['first_ts']} .. {train['last_ts']}) hold no fraud"
     if train["n_fraud"] == train["n"]:
         return "the training days hold no legitimate transaction"
     if holdout["n_fraud"] == 0:
@@ -213,41 +256,161 @@ def _missing(train: dict[str, Any], holdout: dict[str, Any], cfg: TrainSettings)
     return None
 
 
-def _judge(
-    registry: ModelRegistry,
+@dataclass(frozen=True)
+class Fitted:
+    """A trained challenger and how it did on the holdout, scored by its ONNX export."""
+
+    booster: lgb.Booster
+    onnx_bytes: bytes
+    metrics: dict[str, Any]  # model.evaluate of the ONNX scores on the holdout
+    fit_info: dict[str, Any]  # what model.train_with_validation did
+    train_seconds: float
+    onnx_vs_lightgbm: dict[str, float]  # max and median |ONNX - LightGBM| on the holdout
+    X_holdout: np.ndarray
+    y_holdout: np.ndarray
+
+    @property
+    def threshold(self) -> float | None:
+        """The best-F1 threshold on the holdout."""
+        return cast(float | None, self.metrics["threshold"])
+
+
+def _matrix(part: pl.DataFrame, feature_names: list[str]) -> np.ndarray:
+    return np.ascontiguousarray(part.select(feature_names).to_numpy(), dtype=np.float32)
+
+
+def fit(
+    split: Split,
     cfg: TrainSettings,
     feature_names: list[str],
-    X_holdout: np.ndarray,
-    y_holdout: np.ndarray,
-    challenger_ap: float,
-) -> tuple[bool, str, dict[str, Any]]:
-    """(promote?, reason, champion record) for a challenger with this holdout AP."""
-    champion = registry.current()
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Fitted:
+    """Train on split.train (model.train_with_validation: early stopping on its last
+    ``valid_days``, then a refit), export ONNX and score the holdout with it.
+
+    should_stop and progress go to the training, which raises model.TrainingStopped.
+    """
+    train_day = split.train["ts"].dt.epoch("d").to_numpy()
+    started = time.perf_counter()
+    booster, fit_info = train_with_validation(
+        _matrix(split.train, feature_names),
+        split.train["is_fraud"].to_numpy(),
+        train_day,
+        cfg,
+        feature_names,
+        should_stop=should_stop,
+        progress=progress,
+    )
+    train_seconds = time.perf_counter() - started
+    X_holdout = _matrix(split.holdout, feature_names)
+    y_holdout = split.holdout["is_fraud"].to_numpy()
+    onnx_bytes = export_onnx(booster, len(feature_names))
+    scores = OnnxScorer(onnx_bytes).score(X_holdout)
+    onnx_diff = np.abs(scores.astype(np.float64) - booster.predict(X_holdout))
+    return Fitted(
+        booster=booster,
+        onnx_bytes=onnx_bytes,
+        metrics=evaluate(y_holdout, scores),
+        fit_info=fit_info,
+        train_seconds=train_seconds,
+        onnx_vs_lightgbm={
+            "max_abs_diff": float(onnx_diff.max()),
+            "median_abs_diff": float(np.median(onnx_diff)),
+        },
+        X_holdout=X_holdout,
+        y_holdout=y_holdout,
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The challenger against the champion (models/current) on the same holdout."""
+
+    wins: bool  # better by more than min_improvement, or nothing to compare with
+    finding: str  # what the comparison found
+    reason: str  # the finding and what follows from it for the train stage
+    champion: dict[str, Any]  # the manifest's champion record: version, metrics
+
+
+def judge(
+    registry: ModelRegistry | None,
+    cfg: TrainSettings,
+    feature_names: list[str],
+    fitted: Fitted,
+) -> Verdict:
+    """Score the champion of registry (None: there is none) on the challenger's holdout.
+
+    The challenger wins when there is no champion, when the champion uses other features or
+    cannot be evaluated, or when its average precision beats the champion's by more than
+    ``min_improvement``.
+    """
+    champion = registry.current() if registry is not None else None
     record: dict[str, Any] = {"version": champion, "metrics": None}
-    if champion is None:
-        return True, "first model: there is no champion yet", record
+    if registry is None or champion is None:
+        finding = "there is no champion yet"
+        return Verdict(True, finding, f"first model: {finding}", record)
     try:
         champion_features = registry.manifest(champion).get("feature_names")
         if champion_features != feature_names:
-            return (
-                True,
+            finding = (
                 f"champion {champion} uses other features ({champion_features}) than the "
-                f"store now computes ({feature_names}): it cannot be compared on this holdout, "
-                "so the challenger replaces it",
-                record,
+                f"store now computes ({feature_names}): it cannot be compared on this holdout"
             )
-        scores = OnnxScorer(registry.onnx_path(champion)).score(X_holdout)
+            return Verdict(True, finding, f"{finding}, so the challenger replaces it", record)
+        scores = OnnxScorer(registry.onnx_path(champion)).score(fitted.X_holdout)
     except (RegistryError, ModelLoadError, OSError, ValueError) as exc:
-        return True, f"champion {champion} cannot be evaluated ({exc}): promoting", record
-    record["metrics"] = evaluate(y_holdout, scores)
+        finding = f"champion {champion} cannot be evaluated ({exc})"
+        return Verdict(True, finding, f"{finding}: promoting", record)
+    record["metrics"] = evaluate(fitted.y_holdout, scores)
+    challenger_ap = fitted.metrics["average_precision"]
     champion_ap = record["metrics"]["average_precision"]
-    comparison = (
+    finding = (
         f"challenger average precision {challenger_ap:.4f} vs champion {champion} "
         f"{champion_ap:.4f} on the same holdout (min_improvement {cfg.min_improvement:g})"
     )
     if challenger_ap > champion_ap + cfg.min_improvement:
-        return True, f"{comparison}: the challenger wins", record
-    return False, f"{comparison}: not better, the champion stays", record
+        return Verdict(True, finding, f"{finding}: the challenger wins", record)
+    return Verdict(False, finding, f"{finding}: not better, the champion stays", record)
+
+
+def manifest(
+    feature_names: list[str],
+    cfg: TrainSettings,
+    split: Split,
+    label_cutoff: dt.datetime | None,
+    fitted: Fitted,
+    verdict: Verdict,
+    decision: str,
+    reason: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A trained version's manifest (what registry.save stores); extra keys (e.g. where the
+    data came from) go before the champion."""
+    return {
+        "code_version": fraudpipe.__version__,
+        "feature_names": feature_names,
+        "window": {
+            "first_ts": split.train_info["first_ts"],
+            "last_ts": split.holdout_info["last_ts"],
+            "holdout_start": split.holdout_start.isoformat(),
+            "label_cutoff": label_cutoff.isoformat() if label_cutoff is not None else None,
+        },
+        "train": split.train_info,
+        "holdout": split.holdout_info,
+        "metrics": fitted.metrics,
+        "threshold": fitted.threshold,
+        "params": {**booster_params(cfg), "num_boost_round": cfg.num_boost_round},
+        "fit": fitted.fit_info,
+        "num_trees": fitted.booster.num_trees(),
+        "train_seconds": round(fitted.train_seconds, 3),
+        "onnx_vs_lightgbm": fitted.onnx_vs_lightgbm,
+        **extra,
+        "champion": verdict.champion,
+        "decision": decision,
+        "reason": reason,
+    }
 
 
 def run_training(
@@ -272,73 +435,32 @@ def run_training(
         labeled = _load_labeled(layout, cfg, feature_names, now)
     except _NotEnoughData as exc:
         return TrainOutcome("not-enough-data", str(exc))
-    data = labeled.data
-    holdout_start = _ts_max(data["ts"]) - dt.timedelta(days=cfg.holdout_days)
-    train = data.filter(pl.col("ts") <= holdout_start)
-    holdout = data.filter(pl.col("ts") > holdout_start)
-    train_info, holdout_info = _summary(train), _summary(holdout)
-    missing = _missing(train_info, holdout_info, cfg)
-    if missing is not None:
-        return TrainOutcome("not-enough-data", f"{missing} (label cutoff {labeled.cutoff})")
+    split = split_holdout(labeled.data, cfg.holdout_days)
+    problem = missing(split, cfg)
+    if problem is not None:
+        return TrainOutcome("not-enough-data", f"{problem} (label cutoff {labeled.cutoff})")
     if stopping():
         return TrainOutcome("stopped", "stop requested before training")
-
-    X_train = np.ascontiguousarray(train.select(feature_names).to_numpy(), dtype=np.float32)
-    y_train = train["is_fraud"].to_numpy()
-    X_holdout = np.ascontiguousarray(holdout.select(feature_names).to_numpy(), dtype=np.float32)
-    y_holdout = holdout["is_fraud"].to_numpy()
-    train_day = train["ts"].dt.epoch("d").to_numpy()
-    started = time.perf_counter()
     try:
-        booster, fit = train_with_validation(
-            X_train,
-            y_train,
-            train_day,
-            cfg,
-            feature_names,
-            should_stop=should_stop,
-            progress=progress,
-        )
+        fitted = fit(split, cfg, feature_names, should_stop=should_stop, progress=progress)
     except TrainingStopped as exc:
         return TrainOutcome("stopped", str(exc))
-    train_seconds = time.perf_counter() - started
-
-    onnx_bytes = export_onnx(booster, len(feature_names))
-    scores = OnnxScorer(onnx_bytes).score(X_holdout)
-    metrics = evaluate(y_holdout, scores)
-    onnx_diff = np.abs(scores.astype(np.float64) - booster.predict(X_holdout))
     registry = ModelRegistry(layout.models)
-    promote, reason, champion = _judge(
-        registry, cfg, feature_names, X_holdout, y_holdout, metrics["average_precision"]
+    verdict = judge(registry, cfg, feature_names, fitted)
+    content = manifest(
+        feature_names,
+        cfg,
+        split,
+        labeled.cutoff,
+        fitted,
+        verdict,
+        "promoted" if verdict.wins else "kept-champion",
+        verdict.reason,
+        feature_files_skipped=labeled.skipped_files,
     )
-    manifest = {
-        "code_version": fraudpipe.__version__,
-        "feature_names": feature_names,
-        "window": {
-            "first_ts": train_info["first_ts"],
-            "last_ts": holdout_info["last_ts"],
-            "holdout_start": holdout_start.isoformat(),
-            "label_cutoff": labeled.cutoff.isoformat(),
-        },
-        "train": train_info,
-        "holdout": holdout_info,
-        "metrics": metrics,
-        "threshold": metrics["threshold"],
-        "params": {**booster_params(cfg), "num_boost_round": cfg.num_boost_round},
-        "fit": fit,
-        "num_trees": booster.num_trees(),
-        "train_seconds": round(train_seconds, 3),
-        "onnx_vs_lightgbm": {
-            "max_abs_diff": float(onnx_diff.max()),
-            "median_abs_diff": float(np.median(onnx_diff)),
-        },
-        "feature_files_skipped": labeled.skipped_files,
-        "champion": champion,
-        "decision": "promoted" if promote else "kept-champion",
-        "reason": reason,
-    }
-    version = registry.save(booster, onnx_bytes, manifest)
-    if not promote:
+    version = registry.save(fitted.booster, fitted.onnx_bytes, content)
+    reason, metrics = verdict.reason, fitted.metrics
+    if not verdict.wins:
         return TrainOutcome("trained-kept-champion", reason, version, metrics)
     registry.promote(version, reason)
     return TrainOutcome("trained-promoted", reason, version, metrics)

@@ -5,7 +5,7 @@ Between batches it checks models/current and loads a newly promoted model, so a 
 drops or splits a batch; each result row names the model version that scored it.
 
 Every alert carries reason codes (``reasons``): the schema.REASONS features contributing most
-towards fraud, SHAP values of the version's LightGBM booster (model.top_contributions). They are
+towards fraud, SHAP values of the version's LightGBM booster (model.alert_reasons). They are
 computed for the alert rows only (well under 1% of rows), never for the rest, which get []:
 at about 1 ms per alert (200 trees x 31 leaves) they are still the dearest part of a batch with
 many alerts.
@@ -20,11 +20,10 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from fraudpipe import schema
 from fraudpipe.layout import FEATURES, RESULTS
-from fraudpipe.model import OnnxScorer, top_contributions
+from fraudpipe.model import OnnxScorer, alert_reasons
 from fraudpipe.queue import Claim
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.results import ResultsStore
@@ -80,7 +79,7 @@ class Infer(BatchStage):
         self.ctx.log.info("model.loaded", version=version, threshold=round(self.threshold, 4))
 
     def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
-        assert self.scorer is not None and self.version is not None
+        assert self.scorer is not None and self.booster is not None and self.version is not None
         X = df.select(self.feature_names).to_numpy().astype(np.float32)
         scores = self.scorer.score(X)
         scored_at = time.time()
@@ -94,7 +93,14 @@ class Infer(BatchStage):
                 model_version=pl.lit(self.version),
                 scored_at=pl.lit(scored_at),
                 latency_ms=pl.Series(latency_ms),
-                reasons=self._reasons(X, alerts),
+                # X is what ONNX scored: the booster explains exactly the inputs scored.
+                reasons=alert_reasons(
+                    self.booster,
+                    X,
+                    alerts,
+                    self.feature_names,
+                    threads=self.ctx.settings.infer.threads,
+                ),
             )
             .select(list(schema.RESULTS))
         )
@@ -104,36 +110,6 @@ class Infer(BatchStage):
         self.ctx.metrics.e2e_latency.observe_many(latency_ms / 1000.0)
         self._latencies.append(latency_ms)
         return {RESULTS: out}
-
-    def _reasons(self, X: np.ndarray, alerts: np.ndarray) -> pl.Series:
-        """The reasons column: top contributions for the alert rows, [] for every other row.
-
-        Built from Arrow offsets rather than one Python list per row, so a batch without alerts
-        costs a cumulative sum, not a per-row loop.
-        """
-        assert self.booster is not None
-        rows = np.flatnonzero(alerts)
-        # X is the float32 matrix ONNX scored: the booster explains exactly the inputs scored.
-        explained = top_contributions(
-            self.booster,
-            X[rows],
-            self.feature_names,
-            schema.REASONS,
-            threads=self.ctx.settings.infer.threads,
-        )
-        lengths = np.zeros(len(alerts), dtype=np.int64)
-        lengths[rows] = [len(r) for r in explained]
-        offsets = np.concatenate(([0], np.cumsum(lengths)))
-        pairs = [pair for r in explained for pair in r]
-        values = pa.StructArray.from_arrays(
-            [
-                pa.array([f for f, _ in pairs], type=pa.large_string()),
-                pa.array([c for _, c in pairs], type=pa.float64()),
-            ],
-            names=["feature", "contribution"],
-        )
-        column = pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), values)
-        return pl.Series("reasons", column).cast(schema.RESULTS["reasons"])
 
     def housekeeping(self) -> None:
         q = self.ctx.settings.queue
