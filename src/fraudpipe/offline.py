@@ -60,7 +60,7 @@ from fraudpipe import durable, schema
 from fraudpipe.config import Settings
 from fraudpipe.features import compute_features, feature_names
 from fraudpipe.layout import Layout
-from fraudpipe.replay import ReplayError, load
+from fraudpipe.replay import ReplayError, load, read_table
 from fraudpipe.simulate import DAY_US
 
 # model.py and registry.py load LightGBM and onnxruntime (seconds): `fraudpipe features` needs
@@ -128,20 +128,11 @@ class _Steps:
 
 
 def _read_table(path: Path, what: str) -> pl.DataFrame:
-    """A Parquet or CSV file (by suffix), or OfflineError naming it."""
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".pq", ".csv"):
-        raise OfflineError(
-            f"{what} {path}: unsupported suffix {path.suffix!r}; expected .parquet, .pq or .csv"
-        )
-    if not path.is_file():
-        raise OfflineError(f"{what} {path}: no such file")
+    """A Parquet or CSV file (by suffix, CSV types inferred), or OfflineError naming it."""
     try:
-        if suffix == ".csv":
-            return pl.read_csv(path, try_parse_dates=True)
-        return pl.read_parquet(path)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise OfflineError(f"{what} {path}: cannot be read: {exc}") from exc
+        return read_table(path, what, csv_as_text=False)
+    except ReplayError as exc:
+        raise OfflineError(str(exc)) from None
 
 
 def _require(df: pl.DataFrame, columns: list[str], path: Path, what: str, hint: str = "") -> None:

@@ -34,22 +34,24 @@ class ReplayError(ValueError):
     """The replay file cannot be used; the message says which file and column, and why."""
 
 
-def _read(path: Path) -> pl.DataFrame:
-    """Load the whole file; CSV columns come in as text and are converted column by column."""
+def read_table(path: Path, what: str = "replay file", *, csv_as_text: bool = True) -> pl.DataFrame:
+    """A whole Parquet or CSV file (by suffix), or ReplayError naming it. CSV columns come in
+    as text by default, to be converted column by column with messages that name the row."""
     suffix = path.suffix.lower()
     if suffix not in (*_PARQUET_SUFFIXES, ".csv"):
         raise ReplayError(
-            f"replay file {path}: unsupported suffix {path.suffix!r}; "
-            "expected .parquet, .pq or .csv"
+            f"{what} {path}: unsupported suffix {path.suffix!r}; expected .parquet, .pq or .csv"
         )
     if not path.is_file():
-        raise ReplayError(f"replay file {path}: no such file")
+        raise ReplayError(f"{what} {path}: no such file")
     try:
         if suffix == ".csv":
-            return pl.read_csv(path, infer_schema=False)
+            if csv_as_text:
+                return pl.read_csv(path, infer_schema=False)
+            return pl.read_csv(path, try_parse_dates=True)
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise ReplayError(f"replay file {path}: cannot be read: {exc}") from exc
+        raise ReplayError(f"{what} {path}: cannot be read: {exc}") from exc
 
 
 def _resolve(columns: list[str], mapping: dict[str, str], path: Path) -> dict[str, str]:
@@ -155,7 +157,7 @@ def load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
     handbook's; a label arrives `delay_us` after its transaction (label_ts). What streaming
     replay and the offline commands read, so both see the same rows.
     """
-    raw = _read(path)
+    raw = read_table(path)
     if raw.height == 0:
         raise ReplayError(f"replay file {path}: holds no rows")
     names = _resolve(raw.columns, mapping, path)
