@@ -165,10 +165,13 @@ class Simulator:
             self.terminal_indptr[customer_id] : self.terminal_indptr[customer_id + 1]
         ]
 
-    def _active(self, d: int, tag: int, population: int, per_day: int, days: int) -> Int64Array:
-        """Union of the picks of days d-days+1..d (never before day 0), sorted."""
+    def _active(
+        self, d: int, scenario: int, tag: int, population: int, per_day: int, days: int
+    ) -> Int64Array:
+        """Union of the picks of days d-days+1..d (never before day 0), sorted; none while the
+        scenario is off."""
         _check_day(d)
-        if per_day == 0:
+        if per_day == 0 or scenario not in self.cfg.scenarios:
             return np.empty(0, dtype=np.int64)
         picks = [
             _pick(self.cfg.seed, k, tag, population, per_day)
@@ -179,11 +182,9 @@ class Simulator:
     def compromised_terminals(self, d: int) -> Int64Array:
         """Terminals under scenario 2 on day d: all their transactions that day are fraud."""
         c = self.cfg
-        if 2 not in c.scenarios:
-            _check_day(d)
-            return np.empty(0, dtype=np.int64)
         return self._active(
             d,
+            2,
             _TERMINAL_PICK,
             c.n_terminals,
             c.compromised_terminals_per_day,
@@ -193,11 +194,9 @@ class Simulator:
     def compromised_customers(self, d: int) -> Int64Array:
         """Customers under scenario 3 on day d."""
         c = self.cfg
-        if 3 not in c.scenarios:
-            _check_day(d)
-            return np.empty(0, dtype=np.int64)
         return self._active(
             d,
+            3,
             _CUSTOMER_PICK,
             c.n_customers,
             c.compromised_customers_per_day,
