@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import yaml
 
 from fraudpipe.config import load_settings
+from fraudpipe.eventlog import EventLog
 from fraudpipe.layout import RESULTS, TOPICS, Layout
 from fraudpipe.queue import Queue
 from fraudpipe.results import ResultsStore, read_all
@@ -95,3 +98,28 @@ def run_stage(name: str, mode: str, data: Path, cfg: Path) -> None:
         "0",
         check=True,
     )
+
+
+def log_arrived_labels(
+    log: EventLog,
+    name: str,
+    ids: np.ndarray,
+    fraud: np.ndarray,
+    ts: list[dt.datetime],
+    delay: dt.timedelta,
+    horizon: dt.datetime,
+) -> pl.DataFrame:
+    """Write to the event log the labels of these transactions that arrived (ts + delay) by
+    horizon, as gather does; return them."""
+    labels = pl.DataFrame(
+        {
+            "transaction_id": ids,
+            "is_fraud": fraud.astype(np.int8),
+            "label_ts": [t + delay for t in ts],
+            "fraud_scenario": fraud.astype(np.int8),
+        },
+        schema_overrides={"label_ts": pl.Datetime("us")},
+    ).filter(pl.col("label_ts") <= horizon)
+    if labels.height:
+        log.write("labels", name, labels, labels["label_ts"].min().date())
+    return labels

@@ -24,6 +24,7 @@ from fraudpipe.layout import Layout
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.stages.train import Train
 from fraudpipe.worker import Mode, Worker
+from tests.pipeline import log_arrived_labels
 
 # -- PSI ---------------------------------------------------------------------------------------
 
@@ -133,17 +134,7 @@ def write_days(root: Path, first_day: int, n_days: int, amount_factor: float = 1
             batch,
             fsync=False,
         )
-        labels = pl.DataFrame(
-            {
-                "transaction_id": ids,
-                "is_fraud": fraud.astype(np.int8),
-                "label_ts": [t + DELAY for t in ts],
-                "fraud_scenario": fraud.astype(np.int8),
-            },
-            schema_overrides={"label_ts": pl.Datetime("us")},
-        ).filter(pl.col("label_ts") <= HORIZON)
-        if labels.height:
-            log.write("labels", f"l{day:03d}", labels, labels["label_ts"].min().date())
+        log_arrived_labels(log, f"l{day:03d}", ids, fraud, ts, DELAY, HORIZON)
 
 
 def train_stage(root: Path, **train: Any) -> tuple[Worker, Train]:

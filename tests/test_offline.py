@@ -61,6 +61,12 @@ def cli(work: Path, *args: str, check: bool = True) -> str:
     return proc.stdout
 
 
+def score_current(work: Path, data: Path, output: Path) -> None:
+    """`fraudpipe score` with the current model of data's registry, on work's features."""
+    cli(work, "score", "--model", "current", "--data-dir", str(data),
+        "--input", str(work / "feats.parquet"), "--output", str(output))  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def offline(work: Path) -> Path:
     """features (from the CSV) -> train --output model -> score."""
@@ -193,18 +199,7 @@ def test_labels_file_and_registry_promotion(offline: Path, tmp_path: Path) -> No
     assert version in listing.stdout and "promoted by operator" in listing.stdout
     # the registry's current version serves `score --model current`
     results = tmp_path / "results.parquet"
-    cli(
-        offline,
-        "score",
-        "--model",
-        "current",
-        "--data-dir",
-        str(data),
-        "--input",
-        str(offline / "feats.parquet"),
-        "--output",
-        str(results),
-    )
+    score_current(offline, data, results)
     assert (pl.read_parquet(results)["model_version"] == version).all()
 
 
@@ -278,18 +273,7 @@ def test_streaming_agrees_with_offline(offline: Path) -> None:
     cli(offline, "train", "--features", feats_path, *WINDOW, "--data-dir", str(data), "--promote")
     cli(offline, "worker", "--stage=infer", "--burst", "--data-dir", str(data), "--port=0")
     streamed = scored(data, cfg).sort("transaction_id")
-    cli(
-        offline,
-        "score",
-        "--model",
-        "current",
-        "--data-dir",
-        str(data),
-        "--input",
-        str(offline / "feats.parquet"),
-        "--output",
-        str(offline / "rescored.parquet"),
-    )
+    score_current(offline, data, offline / "rescored.parquet")
     rescored = pl.read_parquet(offline / "rescored.parquet").sort("transaction_id")
     same = ["transaction_id", "score", "is_alert", "model_version", "reasons"]
     assert_frame_equal(streamed.select(same), rescored.select(same), check_exact=True)

@@ -14,6 +14,7 @@ from fraudpipe.eventlog import EventLog
 from fraudpipe.layout import Layout
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.training import missing, run_training, split_holdout
+from tests.pipeline import log_arrived_labels
 
 START = dt.datetime(2018, 4, 1)
 DAYS = 20
@@ -73,18 +74,8 @@ def make_store(
             )
             part = layout.feature_store / f"day={start.date().isoformat()}"
             durable.write_parquet(part / f"b{day:03d}-{half}.parquet", batch, fsync=False)
-            label = pl.DataFrame(
-                {
-                    "transaction_id": ids,
-                    "is_fraud": fraud.astype(np.int8),
-                    "label_ts": [t + DELAY for t in ts],
-                    "fraud_scenario": fraud.astype(np.int8),
-                },
-                schema_overrides={"label_ts": pl.Datetime("us")},
-            ).filter(pl.col("label_ts") <= HORIZON)
-            if label.height:
-                log.write("labels", f"l{day:03d}-{half}", label, label["label_ts"].min().date())
-                labels.append(label)
+            name = f"l{day:03d}-{half}"
+            labels.append(log_arrived_labels(log, name, ids, fraud, ts, DELAY, HORIZON))
         if day < 2:
             (part / "corrupt.parquet").write_bytes(b"outside the window: never read")
     return pl.concat(labels)
