@@ -187,9 +187,10 @@ class Collector:
         workers = read_status(self.layout.status, now)
         pods = self.cluster.pod_metrics()
         backlog = self._backlog()
-        throughput = self._throughput(workers, now)
-        latency = self._latency(now)
-        detection = self._detection(now)
+        at, lat = self._recent(now)  # the rows scored in the last WINDOW_S, read once
+        throughput = self._throughput(workers, at, now)
+        latency = self._latency(lat)
+        detection = self._detection(at, now)
         generation = read_generation(self.layout.control / GENERATION)
         snap = p.Snapshot(
             at=now,
@@ -216,33 +217,33 @@ class Collector:
         """Seconds the rate window really covers (less right after the dashboard started)."""
         return max(1.0, min(RATE_WINDOW_S, now - self.started))
 
-    def _recent(self, now: float, window_s: float = WINDOW_S) -> tuple[np.ndarray, np.ndarray]:
-        """scored_at and latency_ms of the rows scored in the last window_s seconds."""
+    def _recent(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """scored_at and latency_ms of the rows scored in the last WINDOW_S seconds."""
         if not self._scored:
             return np.empty(0), np.empty(0)
         at = np.concatenate([s.scored_at for s in self._scored])
         lat = np.concatenate([s.latency_ms for s in self._scored])
-        keep = at >= now - window_s
+        keep = at >= now - WINDOW_S
         return at[keep], lat[keep]
 
-    def _throughput(self, workers: list[dict[str, Any]], now: float) -> p.Throughput:
+    def _throughput(
+        self, workers: list[dict[str, Any]], at: np.ndarray, now: float
+    ) -> p.Throughput:
         stages = []
         for stage in STAGES:
             mine = [w for w in workers if w.get("stage") == stage]
             rate = float(sum(w.get("rows_per_s", 0.0) for w in mine))
             stages.append(p.StageThroughput(stage=stage, rows_per_s=rate, workers=len(mine)))
-        at, _ = self._recent(now, RATE_WINDOW_S)
-        return p.Throughput(stages=stages, end_to_end_rows_per_s=at.size / self._window(now))
+        scored = int((at >= now - RATE_WINDOW_S).sum())
+        return p.Throughput(stages=stages, end_to_end_rows_per_s=scored / self._window(now))
 
-    def _latency(self, now: float) -> p.Latency:
-        _, lat = self._recent(now)
+    def _latency(self, lat: np.ndarray) -> p.Latency:
         if not lat.size:
             return p.Latency(window_s=WINDOW_S, rows=0, p50_ms=None, p95_ms=None, p99_ms=None)
         p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
         return p.Latency(window_s=WINDOW_S, rows=int(lat.size), p50_ms=p50, p95_ms=p95, p99_ms=p99)
 
-    def _detection(self, now: float) -> p.Detection:
-        at, _ = self._recent(now)
+    def _detection(self, at: np.ndarray, now: float) -> p.Detection:
         alerts = [s.alerts for s in self._scored if s.alerts.height]
         recent = (
             pl.concat(alerts, how="diagonal_relaxed").filter(pl.col("scored_at") >= now - WINDOW_S)
