@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -14,6 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fraudpipe.config import STAGES, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from fraudpipe.model import Trial
 
 app = typer.Typer(
     help="Real-time fraud detection over durable file queues.",
@@ -184,6 +187,51 @@ def show_config(config: ConfigFile = None, data_dir: DataDir = None) -> None:
 
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 
+TUNE_TRIALS = 10  # candidates --tune tries unless --tune-trials says otherwise
+Tune = Annotated[
+    bool,
+    typer.Option(
+        "--tune",
+        help="First search LightGBM parameters on the validation days (train.valid_days), "
+        "then refit the best.",
+    ),
+]
+TuneTrials = Annotated[
+    int | None,
+    typer.Option(
+        "--tune-trials",
+        min=1,
+        max=100,
+        help=f"Candidates --tune tries (implies --tune; default {TUNE_TRIALS}): the "
+        "configured parameters, then a seeded sample of model.TUNING_SPACE.",
+    ),
+]
+
+
+def _tune_trials(tune: bool, tune_trials: int | None) -> int | None:
+    """How many candidates to try, or None for no search."""
+    if tune_trials is not None:
+        return tune_trials
+    return TUNE_TRIALS if tune else None
+
+
+def _trials_table(tuning: dict[str, Any]) -> Table:
+    """Every trial of a search: its parameters, validation AP and best iteration."""
+    names = list(tuning["chosen"])
+    table = Table(
+        "", "trial", *names, "valid AP", "best iteration", title="parameter search (--tune)"
+    )
+    for i, trial in enumerate(tuning["trials"], start=1):
+        params = trial["params"]
+        table.add_row(
+            "*" if params == tuning["chosen"] else "",
+            str(i),
+            *(f"{params[n]:g}" for n in names),
+            f"{trial['valid_average_precision']:.4f}",
+            str(trial["best_iteration"]),
+        )
+    return table
+
 
 @app.command("features")
 def offline_features(
@@ -236,6 +284,8 @@ def offline_train(
     promote: Annotated[
         bool, typer.Option("--promote", help="Make it the registry's current model.")
     ] = False,
+    tune: Tune = False,
+    tune_trials: TuneTrials = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
@@ -254,10 +304,13 @@ def offline_train(
             labels_path=labels,
             output=output,
             promote=promote,
-            console=console,
+            tune_trials=_tune_trials(tune, tune_trials),
+            console=Console(stderr=True),
         )
     except OfflineError as exc:
         fail(str(exc))
+    if s.tuning is not None:
+        console.print(_trials_table(s.tuning))
     m = s.metrics
     console.print(
         f"model {s.version} in {s.where}: {s.train['n']} training rows, holdout {s.holdout['n']} "
@@ -362,6 +415,8 @@ def evaluate_file(
         int, typer.Option(min=0, help="Days between train and test; labels arrive this late.")
     ] = 7,
     test_days: Annotated[int, typer.Option(min=1)] = 7,
+    tune: Tune = False,
+    tune_trials: TuneTrials = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     config: ConfigFile = None,
 ) -> None:
@@ -391,6 +446,8 @@ def evaluate_file(
             transient=True,
         ) as progress:
             task = progress.add_task("starting", total=None)
+            trials = _tune_trials(tune, tune_trials)
+            search = progress.add_task("tuning", total=trials, visible=False)
 
             def step(what: str) -> None:
                 progress.update(task, description=what, completed=0, total=None)
@@ -398,20 +455,33 @@ def evaluate_file(
             def rounds(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
+            def on_trial(done: list[Trial], total: int) -> None:
+                best = max(t.average_precision for t in done)
+                progress.update(
+                    search,
+                    visible=True,
+                    completed=len(done),
+                    description=f"tuning: best validation AP {best:.4f}",
+                )
+
             result = ev.evaluate_protocol(
                 data,
                 window,
                 settings.features,
                 settings.train,
+                tune_trials=trials,
                 step=step,
                 progress=rounds,
+                on_trial=on_trial,
             )
     except ev.EvaluationError as exc:
         fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
-    else:
-        console.print(ev.table(result))
+        return
+    console.print(ev.table(result))
+    if "tuning" in result.info["train"]:
+        console.print(_trials_table(result.info["train"]["tuning"]))
 
 
 # -- fraudpipe queue ---------------------------------------------------------------------------

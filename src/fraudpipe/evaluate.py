@@ -18,7 +18,9 @@ Le Borgne et al., "Reproducible Machine Learning for Credit Card Fraud Detection
 
 The model is the pipeline's own (:func:`fraudpipe.model.train_booster` with the train
 settings), early-stopped on the last ``valid_days`` of the training window and then refitted on
-the whole window with the rounds found, as the train stage does.
+the whole window with the rounds found, as the train stage does. With ``tune_trials`` the
+parameters are first searched on those same validation days (model.train_with_validation), as
+``fraudpipe train --tune`` does; the test days play no part in the choice.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,8 +40,11 @@ from rich.table import Table
 from fraudpipe import replay
 from fraudpipe.config import FeatureSettings, TrainSettings
 from fraudpipe.features import compute_features, feature_names
-from fraudpipe.model import average_precision, roc_auc, train_with_validation
+from fraudpipe.model import CannotTune, average_precision, roc_auc, train_with_validation
 from fraudpipe.simulate import DAY_US
+
+if TYPE_CHECKING:
+    from fraudpipe.model import Trial
 
 HANDBOOK_TRAIN_START = dt.date(2018, 7, 25)
 TOP_K = 100
@@ -232,10 +237,15 @@ def evaluate_protocol(
     features: FeatureSettings,
     train: TrainSettings,
     *,
+    tune_trials: int | None = None,
     step: Step | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_trial: Callable[[list[Trial], int], None] | None = None,
 ) -> Evaluation:
-    """Run the protocol on data (the simulator's columns, as replay.load returns them)."""
+    """Run the protocol on data (the simulator's columns, as replay.load returns them).
+
+    tune_trials, progress and on_trial go to model.train_with_validation.
+    """
     say = step if step is not None else (lambda _: None)
     if data["is_fraud"].null_count():
         raise EvaluationError(
@@ -281,9 +291,19 @@ def evaluate_protocol(
         )
     say(f"training on {int(is_train.sum()):,} rows")
     started = time.perf_counter()
-    booster, fit_info = train_with_validation(
-        X[is_train], y[is_train], day[is_train], train, names, progress=progress
-    )
+    try:
+        booster, fit_info = train_with_validation(
+            X[is_train],
+            y[is_train],
+            day[is_train],
+            train,
+            names,
+            tune_trials=tune_trials,
+            progress=progress,
+            on_trial=on_trial,
+        )
+    except CannotTune as exc:
+        raise EvaluationError(f"cannot tune on the training days: {exc}") from None
     timings["train_s"] = round(time.perf_counter() - started, 2)
     say(f"scoring {int(is_test.sum()):,} test rows")
     scores = np.asarray(booster.predict(X[is_test]), dtype=np.float64)
@@ -348,8 +368,9 @@ def table(ev: Evaluation) -> Table:
         return "n/a" if v is None else f"{v:.3f}"
 
     m = ev.metrics
+    model = "LightGBM, tuned" if "tuning" in ev.info["train"] else "LightGBM"
     out.add_row(
-        f"fraudpipe (LightGBM, {len(ev.info['features'])} features)",
+        f"fraudpipe ({model}, {len(ev.info['features'])} features)",
         cell(m["roc_auc"]),
         cell(m["average_precision"]),
         cell(m["card_precision_at_100"]),

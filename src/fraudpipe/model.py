@@ -7,7 +7,9 @@ training end to end. Metrics are plain numpy so that every stage can use them. R
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +41,14 @@ class TrainingStopped(Exception):
         self.iteration = iteration
 
 
-def booster_params(cfg: TrainSettings) -> dict[str, Any]:
+def booster_params(cfg: TrainSettings, tuned: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """LightGBM parameters for a TrainSettings: binary, seeded, deterministic per thread count.
 
     Fraud is rare (well under 1%), yet classes are not reweighted: reweighting or balanced
     bagging turns scores into something other than probabilities (mean score 1.5-4x the fraud
     rate in our measurements) without raising average precision. Row and column sampling
-    (80%) and L2 on leaves keep the few frauds from being memorised.
+    (80%) and L2 on leaves keep the few frauds from being memorised. tuned: parameters that
+    replace these (a candidate of :func:`tuning_candidates`).
     """
     return {
         "objective": "binary",
@@ -61,7 +64,37 @@ def booster_params(cfg: TrainSettings) -> dict[str, Any]:
         "deterministic": True,
         "force_col_wise": True,
         "verbose": -1,
+        **(tuned or {}),
     }
+
+
+# The parameters `--tune` searches, and the values it tries: the ones that matter most for
+# rare-positive tabular data. Tree size and how much data a leaf needs decide how finely the
+# few frauds can be carved out; learning rate trades rounds for smoothness; column sampling and
+# L2 on leaves keep a handful of frauds from being memorised. 432 combinations.
+TUNING_SPACE: dict[str, tuple[float | int, ...]] = {
+    "num_leaves": (7, 15, 31, 63),
+    "learning_rate": (0.03, 0.05, 0.1),
+    "min_data_in_leaf": (20, 50, 100, 200),
+    "feature_fraction": (0.5, 0.8, 1.0),
+    "lambda_l2": (0.0, 1.0, 10.0),
+}
+
+
+def tuning_candidates(cfg: TrainSettings, n: int, seed: int = SEED) -> list[dict[str, Any]]:
+    """n candidates for a search: the configured values of TUNING_SPACE's parameters first,
+    then n - 1 distinct other combinations of TUNING_SPACE, drawn at random with this seed."""
+    configured = booster_params(cfg)
+    first = {name: configured[name] for name in TUNING_SPACE}
+    grid = [
+        dict(zip(TUNING_SPACE, values, strict=True))
+        for values in itertools.product(*TUNING_SPACE.values())
+    ]
+    others = [c for c in grid if c != first]
+    if not 1 <= n <= len(others) + 1:
+        raise ValueError(f"tuning tries 1 to {len(others) + 1} candidates, not {n}")
+    picked = np.random.default_rng(seed).choice(len(others), size=n - 1, replace=False)
+    return [first, *(others[i] for i in sorted(picked))]
 
 
 def train_booster(
@@ -70,11 +103,13 @@ def train_booster(
     cfg: TrainSettings,
     feature_names: list[str],
     *,
+    tuned: Mapping[str, Any] | None = None,
     valid: tuple[np.ndarray, np.ndarray] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> lgb.Booster:
-    """Train a binary LightGBM booster on X (rows x features) and y (0/1).
+    """Train a binary LightGBM booster on X (rows x features) and y (0/1), with
+    booster_params(cfg, tuned).
 
     With valid=(X, y), training stops early once the validation average precision has not
     improved for max(10, num_boost_round // 10) rounds, and the booster keeps its best
@@ -86,7 +121,7 @@ def train_booster(
             f"X is {X.shape}, y has {len(y)} rows, feature_names has {len(feature_names)}: "
             "expected X of shape (len(y), len(feature_names))"
         )
-    params = booster_params(cfg)
+    params = booster_params(cfg, tuned)
     train_set = lgb.Dataset(X, label=y, feature_name=feature_names, params={"verbose": -1})
 
     def _tick(env: Any) -> None:
@@ -114,6 +149,43 @@ def train_booster(
     )
 
 
+class CannotTune(ValueError):
+    """A search was asked for, but the training rows have no usable validation split."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate of a search, early-stopped on the validation days."""
+
+    params: dict[str, Any]  # what it sets over booster_params(cfg)
+    average_precision: float  # LightGBM's, on the validation rows, at best_iteration
+    best_iteration: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.params,
+            "valid_average_precision": self.average_precision,
+            "best_iteration": self.best_iteration,
+        }
+
+
+def _validation_rows(day: np.ndarray, y: np.ndarray, cfg: TrainSettings) -> np.ndarray | str:
+    """The rows of the last ``cfg.valid_days`` distinct days (a boolean mask), or why the rows
+    have no usable time-ordered validation split."""
+    days = np.unique(np.asarray(day))
+    if cfg.valid_days == 0:
+        return "train.valid_days is 0"
+    if len(days) <= cfg.valid_days:
+        return f"{len(days)} day(s) of training rows, not more than valid_days={cfg.valid_days}"
+    is_valid = np.asarray(day) >= days[-cfg.valid_days]
+    fit_y, valid_y = y[~is_valid], y[is_valid]
+    if not 0 < fit_y.sum() < len(fit_y):
+        return "the rows before the validation days do not hold both fraud and genuine rows"
+    if valid_y.sum() == 0:
+        return f"the last {cfg.valid_days} day(s) (the validation days) hold no fraud"
+    return is_valid
+
+
 def train_with_validation(
     X: np.ndarray,
     y: np.ndarray,
@@ -121,10 +193,12 @@ def train_with_validation(
     cfg: TrainSettings,
     feature_names: list[str],
     *,
+    tune_trials: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_trial: Callable[[list[Trial], int], None] | None = None,
 ) -> tuple[lgb.Booster, dict[str, Any]]:
-    """Early stopping on a time-ordered split, then a refit on every row.
+    """Early stopping on a time-ordered split, then a refit on every row; optionally a search.
 
     day orders the rows in time (an integer per row, e.g. a day number): the rows of the last
     ``cfg.valid_days`` distinct days are the validation split. A booster trained on the earlier
@@ -132,53 +206,77 @@ def train_with_validation(
     trained on all rows for the best number of rounds, scaled by how many more rows it sees.
     Without a usable split (valid_days 0, too few days, no fraud or no legitimate row in the
     earlier rows, no fraud in the validation rows) it trains on all rows for num_boost_round.
-    progress(done, total) counts both trainings' rounds. Returns the booster and what was
-    done: rounds, and with early stopping best_iteration and the validation rows.
+
+    With tune_trials=n, the early-stopped training is run for each of
+    ``tuning_candidates(cfg, n)`` on that same split, and the candidate with the best
+    validation average precision (the earliest among equals, so the configured parameters win
+    a tie) is the one refitted; without a usable split this raises CannotTune. on_trial(trials
+    so far, n) is called after each candidate.
+
+    progress(done, total) counts every training's rounds. Returns the booster and what was
+    done: rounds, and with early stopping best_iteration, the validation rows and their
+    average precision; with tune_trials also "tuning": the chosen params and every trial.
     """
-    days = np.unique(np.asarray(day))
-    if cfg.valid_days > 0 and len(days) > cfg.valid_days:
-        is_valid = np.asarray(day) >= days[-cfg.valid_days]
-        fit_y, valid_y = y[~is_valid], y[is_valid]
-        if 0 < fit_y.sum() < len(fit_y) and valid_y.sum() > 0:
-            ran = [0]  # rounds of the first training, as progress saw them
+    split = _validation_rows(day, y, cfg)
+    if isinstance(split, str):
+        if tune_trials is not None:
+            raise CannotTune(f"tuning needs a time-ordered validation split: {split}")
+        booster = train_booster(
+            X, y, cfg, feature_names, should_stop=should_stop, progress=progress
+        )
+        return booster, {"rounds": cfg.num_boost_round, "best_iteration": None}
+    is_valid = split
+    fit_y, valid_y = y[~is_valid], y[is_valid]
+    candidates = tuning_candidates(cfg, tune_trials) if tune_trials is not None else [{}]
+    ran = [0, 0]  # rounds of the finished trainings, rounds of the current one
 
-            def fit_progress(done: int, total: int) -> None:
-                ran[0] = done
-                if progress is not None:
-                    progress(done, total)
+    def counted(done: int, total: int) -> None:
+        ran[1] = done
+        if progress is not None:
+            progress(ran[0] + done, ran[0] + total)
 
-            def refit_progress(done: int, total: int) -> None:
-                if progress is not None:
-                    progress(ran[0] + done, ran[0] + total)
-
-            first = train_booster(
-                X[~is_valid],
-                fit_y,
-                cfg,
-                feature_names,
-                valid=(X[is_valid], valid_y),
-                should_stop=should_stop,
-                progress=fit_progress,
-            )
-            best = max(1, first.best_iteration or ran[0])
-            rounds = max(1, round(best * len(y) / len(fit_y)))
-
-            booster = train_booster(
-                X,
-                y,
-                cfg.model_copy(update={"num_boost_round": rounds}),
-                feature_names,
-                should_stop=should_stop,
-                progress=refit_progress,
-            )
-            return booster, {
-                "rounds": rounds,
-                "best_iteration": best,
-                "valid_n": int(is_valid.sum()),
-                "valid_n_fraud": int(valid_y.sum()),
-            }
-    booster = train_booster(X, y, cfg, feature_names, should_stop=should_stop, progress=progress)
-    return booster, {"rounds": cfg.num_boost_round, "best_iteration": None}
+    trials: list[Trial] = []
+    for candidate in candidates:
+        first = train_booster(
+            X[~is_valid],
+            fit_y,
+            cfg,
+            feature_names,
+            tuned=candidate,
+            valid=(X[is_valid], valid_y),
+            should_stop=should_stop,
+            progress=counted,
+        )
+        best = max(1, first.best_iteration or ran[1])
+        ap = float(first.best_score["valid_0"]["average_precision"])
+        trials.append(Trial(candidate, ap, best))
+        ran[0] += ran[1]
+        if on_trial is not None:
+            on_trial(trials, len(candidates))
+    chosen = max(trials, key=lambda t: t.average_precision)  # max keeps the first of equals
+    rounds = max(1, round(chosen.best_iteration * len(y) / len(fit_y)))
+    booster = train_booster(
+        X,
+        y,
+        cfg.model_copy(update={"num_boost_round": rounds}),
+        feature_names,
+        tuned=chosen.params,
+        should_stop=should_stop,
+        progress=counted,
+    )
+    info: dict[str, Any] = {
+        "rounds": rounds,
+        "best_iteration": chosen.best_iteration,
+        "valid_n": int(is_valid.sum()),
+        "valid_n_fraud": int(valid_y.sum()),
+        "valid_average_precision": chosen.average_precision,
+    }
+    if tune_trials is not None:
+        info["tuning"] = {
+            "chosen": chosen.params,
+            "trials": [t.as_dict() for t in trials],
+        }
+    return booster, info
 
 
 def export_onnx(booster: lgb.Booster, n_features: int) -> bytes:

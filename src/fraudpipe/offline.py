@@ -16,8 +16,11 @@ Three steps, each what a stage does to a stream, done to a whole file at once:
   time window: the newest ``holdout_days`` (up to the window's latest labeled row) are held
   out and give the metrics and the best-F1 threshold, scored by the ONNX export that inference
   runs; boosting is early-stopped on the training days' last ``valid_days``, then refitted.
-  The model goes to a directory holding what a registry version holds, or into the registry
-  (``models/``), promoted on request.
+  With ``--tune`` a few LightGBM parameter sets (:func:`model.tuning_candidates`) are each
+  early-stopped on those same validation days and the best by validation average precision is
+  the one refitted; the holdout plays no part in the choice. The model goes to a directory
+  holding what a registry version holds, or into the registry (``models/``), promoted on
+  request.
 - :func:`score_file` (``fraudpipe score``): :class:`model.OnnxScorer` as infer uses it, the
   manifest's threshold (or ``infer.threshold``), and reason codes for the alerts from
   :func:`model.alert_reasons` (infer's), written in ``schema.RESULTS`` columns.
@@ -68,6 +71,8 @@ from fraudpipe.simulate import DAY_US
 if TYPE_CHECKING:
     import lightgbm as lgb
 
+    from fraudpipe.model import Trial
+
 
 SCORE_CHUNK_ROWS = 100_000  # rows scored (and explained) per step: bounded memory, progress
 
@@ -117,6 +122,29 @@ class _Steps:
 
         def update(done: int, total_: int) -> None:
             self._progress.update(task, completed=done, total=total_)
+
+        try:
+            yield update
+        finally:
+            self._progress.remove_task(task)
+
+    @contextlib.contextmanager
+    def trials(self, total: int | None) -> Iterator[Callable[[list[Trial], int], None] | None]:
+        """A parameter search of `total` candidates: yields on_trial(trials so far, total) for
+        model.train_with_validation; None (and nothing shown) when total is None."""
+        if total is None:
+            yield None
+            return
+        task = self._progress.add_task("tuning", total=total)
+
+        def update(trials: list[Trial], total_: int) -> None:
+            best = max(t.average_precision for t in trials)
+            self._progress.update(
+                task,
+                completed=len(trials),
+                total=total_,
+                description=f"tuning: best validation AP {best:.4f}",
+            )
 
         try:
             yield update
@@ -261,6 +289,7 @@ class TrainSummary:
     where: Path  # the model directory written
     promoted: bool
     reason: str
+    tuning: dict[str, Any] | None  # with --tune: the chosen params and every trial
 
 
 def _labeled_rows(
@@ -325,6 +354,7 @@ def train_model(
     labels_path: Path | None = None,
     output: Path | None = None,
     promote: bool = False,
+    tune_trials: int | None = None,
     console: Console | None = None,
 ) -> TrainSummary:
     """Train on the labeled rows with train_start <= ts < train_end, hold out the newest
@@ -339,7 +369,11 @@ def train_model(
     metrics, champion comparison and manifest are the train stage's (:mod:`fraudpipe.training`);
     the manifest adds an ``offline`` record of the files and window, its decision is
     "promoted" or "saved", and its reason says so before what the comparison found.
+
+    tune_trials=n searches n parameter sets first (model.train_with_validation); the
+    manifest's params are the chosen ones and its fit record holds every trial.
     """
+    from fraudpipe.model import CannotTune
     from fraudpipe.registry import ModelRegistry, RegistryError
     from fraudpipe.training import fit, judge, manifest, missing, split_holdout
 
@@ -371,8 +405,19 @@ def train_model(
                 f"{cfg.holdout_days}: {problem}"
             )
         what = f"training on {split.train.height} rows, then scoring the holdout"
-        with steps.counted(what, cfg.num_boost_round) as update:
-            fitted = fit(split, cfg, names, progress=update)
+        with (
+            steps.trials(tune_trials) as on_trial,
+            steps.counted(what, cfg.num_boost_round) as update,
+        ):
+            try:
+                fitted = fit(
+                    split, cfg, names, tune_trials=tune_trials, progress=update, on_trial=on_trial
+                )
+            except CannotTune as exc:
+                raise OfflineError(
+                    f"--tune on [{train_start}, {train_end}) with valid_days={cfg.valid_days}: "
+                    f"{exc}"
+                ) from exc
         verdict = judge(registry, cfg, names, fitted)
         if promote:
             reason = f"promoted by operator (fraudpipe train --promote); {verdict.finding}"
@@ -408,7 +453,14 @@ def train_model(
                     raise OfflineError(f"registry {registry.root}: {exc}") from exc
                 where = registry.root / version
     return TrainSummary(
-        version, fitted.metrics, split.train_info, split.holdout_info, where, promote, reason
+        version,
+        fitted.metrics,
+        split.train_info,
+        split.holdout_info,
+        where,
+        promote,
+        reason,
+        fitted.fit_info.get("tuning"),
     )
 
 

@@ -4,11 +4,11 @@ The label cutoff is the latest label_ts in the label log (no later than ``now``,
 no label after it is used. Labeled rows are feature-store rows joined with those labels. The
 newest ``holdout_days`` of labeled rows (by transaction ts) are the holdout, the
 ``train_days`` before them the training set; boosting is early-stopped on the training set's
-last ``valid_days``, then refitted on all of it (model.train_with_validation). The challenger
-is scored on the holdout with its ONNX export (what inference runs), the champion
-(models/current) on the same rows; the challenger is promoted only when its average precision
-beats the champion's by more than ``min_improvement``. Every trained version is saved; its
-manifest records the decision.
+last ``valid_days``, then refitted on all of it (model.train_with_validation; offline training
+may first search parameters on that same split). The challenger is scored on the holdout with
+its ONNX export (what inference runs), the champion (models/current) on the same rows; the
+challenger is promoted only when its average precision beats the champion's by more than
+``min_improvement``. Every trained version is saved; its manifest records the decision.
 
 The steps after loading are public (:func:`split_holdout`, :func:`missing`, :func:`fit`,
 :func:`judge`, :func:`manifest`): offline training (``fraudpipe train``, offline.py) runs the
@@ -36,6 +36,7 @@ from fraudpipe.model import (
     ModelLoadError,
     OnnxScorer,
     TrainingStopped,
+    Trial,
     booster_params,
     evaluate,
     export_onnx,
@@ -263,6 +264,7 @@ class Fitted:
     booster: lgb.Booster
     onnx_bytes: bytes
     metrics: dict[str, Any]  # model.evaluate of the ONNX scores on the holdout
+    params: dict[str, Any]  # the booster's LightGBM parameters (model.booster_params)
     fit_info: dict[str, Any]  # what model.train_with_validation did
     train_seconds: float
     onnx_vs_lightgbm: dict[str, float]  # max and median |ONNX - LightGBM| on the holdout
@@ -284,13 +286,17 @@ def fit(
     cfg: TrainSettings,
     feature_names: list[str],
     *,
+    tune_trials: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_trial: Callable[[list[Trial], int], None] | None = None,
 ) -> Fitted:
     """Train on split.train (model.train_with_validation: early stopping on its last
     ``valid_days``, then a refit), export ONNX and score the holdout with it.
 
-    should_stop and progress go to the training, which raises model.TrainingStopped.
+    tune_trials, should_stop, progress and on_trial go to the training, which raises
+    model.TrainingStopped, and model.CannotTune when a search has no validation split. The
+    holdout is never seen by the search.
     """
     train_day = split.train["ts"].dt.epoch("d").to_numpy()
     started = time.perf_counter()
@@ -300,8 +306,10 @@ def fit(
         train_day,
         cfg,
         feature_names,
+        tune_trials=tune_trials,
         should_stop=should_stop,
         progress=progress,
+        on_trial=on_trial,
     )
     train_seconds = time.perf_counter() - started
     X_holdout = _matrix(split.holdout, feature_names)
@@ -313,6 +321,7 @@ def fit(
         booster=booster,
         onnx_bytes=onnx_bytes,
         metrics=evaluate(y_holdout, scores),
+        params=booster_params(cfg, fit_info.get("tuning", {}).get("chosen")),
         fit_info=fit_info,
         train_seconds=train_seconds,
         onnx_vs_lightgbm={
@@ -401,7 +410,7 @@ def manifest(
         "holdout": split.holdout_info,
         "metrics": fitted.metrics,
         "threshold": fitted.threshold,
-        "params": {**booster_params(cfg), "num_boost_round": cfg.num_boost_round},
+        "params": {**fitted.params, "num_boost_round": cfg.num_boost_round},
         "fit": fitted.fit_info,
         "num_trees": fitted.booster.num_trees(),
         "train_seconds": round(fitted.train_seconds, 3),
