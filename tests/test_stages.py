@@ -10,6 +10,7 @@ import pytest
 
 from fraudpipe.config import load_settings
 from fraudpipe.layout import FEATURES, RAW, RESULTS
+from fraudpipe.worker import BatchStage, Mode, Worker
 from tests.conftest import fraudpipe
 from tests.pipeline import assert_exactly_once, queue_states, run_stage, small_config
 
@@ -128,3 +129,21 @@ def test_gather_resumes_a_checkpoint_written_before_new_simulator_knobs(tmp_path
         "--port", "0", env={"FRAUDPIPE_GATHER__SIMULATOR__LABEL_NOISE": "0.1"},
     )  # fmt: skip
     assert noisy.returncode == 2 and "holds a stream from another source" in noisy.stderr
+
+
+def test_preprocess_passes_the_features_bound_only_until_the_first_model(tmp_path: Path) -> None:
+    """At a low rate the first model needs more featured days than the features-ready bound
+    holds, and infer cannot drain that topic before a model exists: preprocess must not wait
+    on the bound then (a deadlock), and must once a model is promoted."""
+    cfg, data = small_config(tmp_path, days=16), tmp_path / "data"
+    run_stage("gather", "--burst", data, cfg)
+    raw = pending(data, RAW)
+    run_stage("preprocess", "--burst", data, cfg)
+    assert len(pending(data, FEATURES)) == len(raw) > 2
+
+    settings = load_settings(cfg, {"data_dir": data, "queue": {"max_backlog": 2}})
+    preprocess = Worker(settings, "preprocess", "cpu", Mode.ONCE).stage
+    assert isinstance(preprocess, BatchStage) and not preprocess.over_backlog()
+    run_stage("train", "--once", data, cfg)
+    assert (data / "models" / "current").exists()
+    assert preprocess.over_backlog(), "a model exists: preprocess waits at the bound"

@@ -108,11 +108,13 @@ class BatchStage(Stage):
     def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
         """Return {output topic: batch}; published under the input's id."""
 
+    def over_backlog(self) -> bool:
+        """Backpressure: an output topic is at its bound, so the input stays queued."""
+        return any(self.ctx.queue.topic(t).over_backlog() for t in self.produces)
+
     def step(self) -> Outcome:
         ctx = self.ctx
-        outputs = [ctx.queue.topic(t) for t in self.produces]
-        if any(t.over_backlog() for t in outputs):
-            # Backpressure: leave the input queued until downstream catches up.
+        if self.over_backlog():
             return Outcome(idle_for=self.ctx.settings.queue.poll_max_s)
         if not self.ready():
             return Outcome()

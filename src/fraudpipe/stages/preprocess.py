@@ -19,6 +19,7 @@ from fraudpipe.eventlog import EventLog, day_dir_name, prune_days
 from fraudpipe.features import StreamingFeatures
 from fraudpipe.layout import FEATURES, RAW
 from fraudpipe.queue import Claim
+from fraudpipe.registry import ModelRegistry
 from fraudpipe.worker import BatchStage, Context
 
 
@@ -34,8 +35,15 @@ class Preprocess(BatchStage):
             EventLog(ctx.layout, fsync=ctx.settings.queue.fsync), ctx.settings.features
         )
         self.store = ctx.layout.feature_store
+        self.registry = ModelRegistry(ctx.layout.models)
         self._newest_day: dt.date | None = None
         self._last_prune = 0.0
+
+    def over_backlog(self) -> bool:
+        # Before the first model infer cannot drain features-ready, and that model needs the
+        # features of label_delay + holdout + training days: at a low rate those outnumber the
+        # bound, and waiting on it would deadlock. The bound holds once a model is promoted.
+        return super().over_backlog() and self.registry.current() is not None
 
     def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
         feats = self.features.compute(df)
