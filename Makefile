@@ -19,7 +19,7 @@ HELM_ARGS ?=
 need = @command -v $(1) >/dev/null 2>&1 || { echo "error: '$(1)' is not installed (needed by 'make $@'): $(2)" >&2; exit 127; }
 
 .PHONY: install run test test-fast lint format bench clean \
-	chart-test chart-schema image image-gpu kind-up kind-down deploy
+	chart-test chart-schema image image-gpu kind-up kind-down deploy e2e
 
 $(BIN)/fraudpipe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ test-fast: install ## skip the whole-pipeline tests
 
 chart-test: install ## the chart tests only (real Helm engine, strict Kubernetes schemas)
 	$(BIN)/pytest tests/test_chart.py
+
+e2e: install ## the chart in a real cluster: kind if installed, else one built here (hack/, root)
+	PYTEST=$(abspath $(BIN))/pytest hack/e2e.sh
 
 chart-schema: install ## regenerate the `config` part of chart/values.schema.json
 	$(BIN)/python scripts/chart_schema.py
