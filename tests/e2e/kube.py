@@ -4,6 +4,7 @@ the diagnostics dumped when a step fails."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -74,7 +75,8 @@ class Kube:
     def dump(self, folder: Path) -> str:
         """Pod descriptions, events and every container's logs (current and previous), into
         folder and as one text for the test's output."""
-        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)  # only this failure's files
+        folder.mkdir(parents=True)
         parts: dict[str, str] = {}
 
         def grab(name: str, *args: str) -> None:
