@@ -3,11 +3,13 @@ the diagnostics dumped when a step fails."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,6 +73,23 @@ class Kube:
             return out
         finally:
             self.run("delete", "pod", name, "--wait=false", "--ignore-not-found")
+
+    @contextlib.contextmanager
+    def port_forward(self, target: str, port: int) -> Iterator[str]:
+        """`kubectl port-forward TARGET :PORT` (as the README has users do): the local URL."""
+        cmd = [self.kubectl, "--kubeconfig", self.kubeconfig, "-n", self.namespace]
+        proc = subprocess.Popen(
+            [*cmd, "port-forward", target, f":{port}"], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> PORT"
+            found = re.search(r"127\.0\.0\.1:(\d+)", line)
+            assert found, f"kubectl port-forward {target}: {line!r}"
+            yield f"http://127.0.0.1:{found.group(1)}"
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)  # reaps it and closes its stdout
 
     def dump(self, folder: Path) -> str:
         """Pod descriptions, events and every container's logs (current and previous), into

@@ -1,6 +1,7 @@
 """The chart in a real cluster, with the real Helm engine: install, every stage Ready,
-transactions flowing inside the pods, `helm upgrade --set stages.infer.replicas=3` while
-they flow (the new pods take batches; nothing lost or duplicated), `helm test`, rollback,
+`helm test` (transactions flow inside the pods), the dashboard scaling a stage through the
+API server (its token and Role), `helm upgrade` to 3 infer replicas while transactions flow
+(the new pods take batches; the token is kept), rollback, nothing lost or duplicated,
 uninstall (nothing left but the kept claim).
 
 Needs a cluster: `make e2e` builds one on this machine from Debian's sources (hack/), or
@@ -10,8 +11,11 @@ uses kind when it is installed, and sets the FRAUDPIPE_E2E_* variables read belo
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +177,19 @@ def in_cluster(kube: Kube, mode: str, timeout_s: float = 60) -> dict[str, Any]:
     return result
 
 
+def post(url: str, body: dict[str, Any], token: str | None) -> int:
+    """POST JSON to a dashboard control; the HTTP status."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 @pytest.mark.timeout(1800)
 def test_install_flow_scale_test_rollback_uninstall(
     kube: Kube, helm: helm_python.Config, diagnostics: None
@@ -195,10 +212,28 @@ def test_install_flow_scale_test_rollback_uninstall(
         "gather finished before the upgrade: raise DAYS or lower the rate"
     )
 
-    # 3. helm upgrade --set stages.infer.replicas=3 while transactions flow
+    # 3. the dashboard scales infer to 2 through the API server, with the chart's Role; it
+    #    refuses without the token the chart generated
+    token = kube.get("secret", f"{PREFIX}-dashboard")["data"]["token"]
+    with kube.port_forward(f"service/{PREFIX}-dashboard", 80) as url:
+        with urllib.request.urlopen(f"{url}/api/snapshot", timeout=10) as resp:
+            snapshot = json.loads(resp.read())
+        assert snapshot["cluster"]["mode"] == "kubernetes", snapshot["cluster"]
+        assert post(f"{url}/api/control/scale", {"stage": "infer", "replicas": 2}, None) == 401
+        answer = post(
+            f"{url}/api/control/scale",
+            {"stage": "infer", "replicas": 2},
+            base64.b64decode(token).decode(),
+        )
+        assert answer == 200
+    assert kube.get("deployment", f"{PREFIX}-infer")["spec"]["replicas"] == 2
+    wait_stages_ready(kube, {**{s: 1 for s in STAGES}, "infer": 2})
+
+    # 4. helm upgrade --set stages.infer.replicas=3 while transactions flow
     up = {**v, "stages": {**v["stages"], "infer": {**v["stages"]["infer"], "replicas": 3}}}
     helm.upgrade(chart, RELEASE, up, wait="watcher", timeout=300)
     assert kube.get("deployment", f"{PREFIX}-infer")["spec"]["replicas"] == 3
+    assert kube.get("secret", f"{PREFIX}-dashboard")["data"]["token"] == token, "token kept"
     wait_stages_ready(kube, {**{s: 1 for s in STAGES}, "infer": 3})
     infer_pods = {p["metadata"]["name"] for p in stage_pods(kube, "infer")}
 
@@ -212,13 +247,13 @@ def test_install_flow_scale_test_rollback_uninstall(
 
     wait_until("each of the 3 infer pods to score batches", 180, all_infer_pods_working, every_s=5)
 
-    # 4. roll back to revision 1 (one infer pod again), still flowing
+    # 5. roll back to revision 1 (one infer pod again), still flowing
     helm.rollback(RELEASE, version=1, wait="watcher", timeout=300)
     assert kube.get("deployment", f"{PREFIX}-infer")["spec"]["replicas"] == 1
     wait_stages_ready(kube, {s: 1 for s in STAGES})
     assert [r["revision"] for r in helm.history(RELEASE)] == [1, 2, 3]
 
-    # 5. every generated transaction scored exactly once, across the upgrade and the rollback
+    # 6. every generated transaction scored exactly once, across the upgrade and the rollback
     audit = in_cluster(kube, "audit", timeout_s=420)
     assert audit["drained"], f"pipeline did not drain: {audit}"
     wrong = {k: audit[k] for k in ("duplicated", "missing", "unknown") if audit[k]}
@@ -230,7 +265,7 @@ def test_install_flow_scale_test_rollback_uninstall(
     print(f"audit: {audit['generated']} transactions generated, each scored exactly once")
     assert_no_crash(kube)
 
-    # 6. uninstall: no pods, no objects of the release left but the kept claim
+    # 7. uninstall: no pods, no objects of the release left but the kept claim
     helm.uninstall(RELEASE, wait="watcher", timeout=300)
     wait_until("every pod to go", 120, lambda: not kube.get("pods")["items"])
     left = kube.get(
