@@ -66,6 +66,8 @@ def values() -> dict[str, Any]:
     v["config"] = {**v.get("config", {}), **CONFIG}
     v["config"]["gather"] = {**v["config"].get("gather", {}), **CONFIG["gather"]}
     v["persistence"]["annotations"] = {"helm.sh/resource-policy": "keep"}
+    # Rendered only where policy/v1 is served (1.21+): on a 1.20 cluster the gate must skip it.
+    v["podDisruptionBudget"] = {"enabled": True}
     if "hostpath" in ENV:  # no provisioner: a pre-created PersistentVolume without a class
         v["persistence"]["storageClass"] = "-"
     if "values" in ENV:  # FRAUDPIPE_E2E_VALUES=FILE: your overrides, as a last `-f FILE`
