@@ -27,7 +27,7 @@ import pytest
 
 from fraudpipe.dashboard.payload import History, Snapshot
 from fraudpipe.worker import read_status
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, post_json
 from tests.pipeline import small_config
 
 pytestmark = pytest.mark.slow
@@ -55,19 +55,7 @@ class Run:
             return json.loads(resp.read())
 
     def post(self, path: str, body: dict[str, Any], token: str | None) -> tuple[int, Any]:
-        return _post(self.base + path, body, token)
-
-
-def _post(url: str, body: dict[str, Any], token: str | None) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        return post_json(self.base + path, body, token)
 
 
 def _env() -> dict[str, str]:
@@ -259,7 +247,7 @@ def test_without_a_configured_token_the_dashboard_is_read_only(run: Run, tmp_pat
         base = f"http://127.0.0.1:{port}"
         snap = wait_until("the read-only dashboard", lambda: _snapshot_or_none(base), 30)
         assert snap["controls"]["enabled"] is False
-        status, body = _post(base + "/api/control/retrain", {}, run.token)
+        status, body = post_json(base + "/api/control/retrain", {}, run.token)
         assert status == 403 and "read-only" in body["error"]
     finally:
         proc.terminate()

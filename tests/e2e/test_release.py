@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 from tests.chart import deep_merge
+from tests.conftest import post_json
 from tests.e2e.kube import Kube, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,19 +179,6 @@ def in_cluster(kube: Kube, mode: str, timeout_s: float = 60) -> dict[str, Any]:
     return result
 
 
-def post(url: str, body: dict[str, Any], token: str | None) -> int:
-    """POST JSON to a dashboard control; the HTTP status."""
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 @pytest.mark.timeout(1800)
 def test_install_flow_scale_test_rollback_uninstall(
     kube: Kube, helm: helm_python.Config, diagnostics: None
@@ -221,13 +208,10 @@ def test_install_flow_scale_test_rollback_uninstall(
         with urllib.request.urlopen(f"{url}/api/snapshot", timeout=10) as resp:
             snapshot = json.loads(resp.read())
         assert snapshot["cluster"]["mode"] == "kubernetes", snapshot["cluster"]
-        assert post(f"{url}/api/control/scale", {"stage": "infer", "replicas": 2}, None) == 401
-        answer = post(
-            f"{url}/api/control/scale",
-            {"stage": "infer", "replicas": 2},
-            base64.b64decode(token).decode(),
-        )
-        assert answer == 200
+        scale = {"stage": "infer", "replicas": 2}
+        assert post_json(f"{url}/api/control/scale", scale, None)[0] == 401
+        answer = post_json(f"{url}/api/control/scale", scale, base64.b64decode(token).decode())
+        assert answer[0] == 200, answer
     assert kube.get("deployment", f"{PREFIX}-infer")["spec"]["replicas"] == 2
     wait_stages_ready(kube, {**{s: 1 for s in STAGES}, "infer": 2})
 
