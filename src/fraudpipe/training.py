@@ -264,7 +264,6 @@ class Fitted:
     booster: lgb.Booster
     onnx_bytes: bytes
     metrics: dict[str, Any]  # model.evaluate of the ONNX scores on the holdout
-    params: dict[str, Any]  # the booster's LightGBM parameters (model.booster_params)
     fit_info: dict[str, Any]  # what model.train_with_validation did
     train_seconds: float
     onnx_vs_lightgbm: dict[str, float]  # max and median |ONNX - LightGBM| on the holdout
@@ -321,7 +320,6 @@ def fit(
         booster=booster,
         onnx_bytes=onnx_bytes,
         metrics=evaluate(y_holdout, scores),
-        params=booster_params(cfg, fit_info.get("tuning", {}).get("chosen")),
         fit_info=fit_info,
         train_seconds=train_seconds,
         onnx_vs_lightgbm={
@@ -410,7 +408,11 @@ def manifest(
         "holdout": split.holdout_info,
         "metrics": fitted.metrics,
         "threshold": fitted.threshold,
-        "params": {**fitted.params, "num_boost_round": cfg.num_boost_round},
+        "params": {
+            # the booster's: the configured ones, or those a search chose
+            **booster_params(cfg, fitted.fit_info.get("tuning", {}).get("chosen")),
+            "num_boost_round": cfg.num_boost_round,
+        },
         "fit": fitted.fit_info,
         "num_trees": fitted.booster.num_trees(),
         "train_seconds": round(fitted.train_seconds, 3),
