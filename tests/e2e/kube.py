@@ -60,14 +60,12 @@ class Kube:
         name = pod["metadata"]["name"]
         self.apply(pod)
         try:
-            phase = wait_until(
-                f"pod {name} to finish",
-                timeout_s,
-                lambda: (
-                    self.get("pod", name)["status"].get("phase") in ("Succeeded", "Failed")
-                    and self.get("pod", name)["status"]["phase"]
-                ),
-            )
+
+            def finished() -> str | None:
+                phase: str | None = self.get("pod", name)["status"].get("phase")
+                return phase if phase in ("Succeeded", "Failed") else None
+
+            phase = wait_until(f"pod {name} to finish", timeout_s, finished)
             out = self.logs(name)
             assert phase == "Succeeded", f"pod {name} {phase}:\n{out}"
             return out
