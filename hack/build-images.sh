@@ -19,8 +19,7 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 CONF
 export CONTAINERS_CONF="$CACHE/containers/containers.conf"
-pm() { env CONTAINERS_CONF="$CONTAINERS_CONF" podman --root "$CACHE/containers/storage" \
-  --runroot "$CACHE/containers/run" "$@"; }
+pm() { podman --root "$CACHE/containers/storage" --runroot "$CACHE/containers/run" "$@"; }
 
 base=localhost/fraudpipe-e2e-base:bookworm
 if ! pm image exists "$base"; then
