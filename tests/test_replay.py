@@ -61,6 +61,17 @@ def test_handbook_named_csv_round_trips(tmp_path: Path, simulated: pl.DataFrame)
     assert src.day(DAYS) is None and src.day(DAYS + 100) is None
 
 
+@pytest.mark.parametrize("name", ["tx.parquet", "tx.csv"])
+def test_the_simulators_own_file_keeps_its_truth(
+    tmp_path: Path, simulated: pl.DataFrame, name: str
+) -> None:
+    """fraud_scenario, the simulator's truth, comes back as written (the evaluation's ceiling
+    needs it); label_ts is the replay's own delay."""
+    src = replay(write(tmp_path, name, simulated.drop("label_ts")))
+    assert pl.concat(all_days(src)).equals(simulated)
+    assert set(simulated["fraud_scenario"].unique().to_list()) == {0, 1, 2, 3}
+
+
 def test_parquet_with_a_custom_mapping_and_no_ids(tmp_path: Path, simulated: pl.DataFrame) -> None:
     theirs = simulated.sample(fraction=1.0, shuffle=True, seed=4).select(
         pl.col("ts").dt.replace_time_zone("UTC").dt.convert_time_zone("Europe/Paris").alias("when"),
@@ -173,6 +184,8 @@ BASE: dict[str, Any] = {
         ({"customer_id": ["C1", "C2"]}, {}, r"must hold integers.*'C1'"),
         ({"terminal_id": [3, None]}, {}, r"'terminal_id' \(terminal_id\) must hold a value"),
         ({"is_fraud": [0, 2]}, {}, r"'is_fraud' \(is_fraud\) must hold 0 or 1.*2"),
+        ({"fraud_scenario": [0, 4]}, {}, r"'fraud_scenario' .*must hold 0, 1, 2 or 3.*4"),
+        ({"fraud_scenario": [0, "two"]}, {}, r"'fraud_scenario' .*must hold integers.*'two'"),
         ({"transaction_id": [5, 5]}, {}, r"must hold unique ids"),
         ({"ts": [dt.time(1), dt.time(2)]}, {}, r"must hold date-times.*its type is Time"),
     ],

@@ -154,8 +154,10 @@ def load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
     """The file as the simulator's columns (SOURCE_COLUMNS), checked, sorted by (ts, id).
 
     Columns are found through `mapping` (ours -> theirs), then our names, then the fraud
-    handbook's; a label arrives `delay_us` after its transaction (label_ts). What streaming
-    replay and the offline commands read, so both see the same rows.
+    handbook's; a label arrives `delay_us` after its transaction (label_ts). A
+    ``fraud_scenario`` column (the simulator's truth, 0 to 3) is kept when the file has one,
+    else it is 0. What streaming replay and the offline commands read, so both see the same
+    rows.
     """
     raw = read_table(path)
     if raw.height == 0:
@@ -176,6 +178,13 @@ def load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
             raise _fail(path, raw[names["is_fraud"]], "is_fraud", "0 or 1", bad)
     else:
         cols["is_fraud"] = pl.Series("is_fraud", [None] * raw.height, dtype=pl.Int8)
+    scenario = pl.Series("fraud_scenario", [0] * raw.height, dtype=pl.Int8)
+    if "fraud_scenario" in raw.columns:
+        scenario = _convert(raw["fraud_scenario"], pl.Int8(), "fraud_scenario", path)
+        bad = ~scenario.is_in([0, 1, 2, 3]).fill_null(True)
+        if bad.any():
+            raise _fail(path, raw["fraud_scenario"], "fraud_scenario", "0, 1, 2 or 3", bad)
+    cols["fraud_scenario"] = scenario.fill_null(0)
     df = pl.DataFrame({ours: s.alias(ours) for ours, s in cols.items()})
     if "transaction_id" in cols:
         dup = df["transaction_id"].is_duplicated()
@@ -191,7 +200,7 @@ def load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
         "terminal_id",
         "amount",
         "is_fraud",
-        pl.lit(0, dtype=pl.Int8).alias("fraud_scenario"),
+        "fraud_scenario",
         pl.when(pl.col("is_fraud").is_not_null())
         .then(pl.col("ts") + pl.duration(microseconds=delay_us))
         .alias("label_ts"),
