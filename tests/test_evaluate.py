@@ -11,13 +11,18 @@ import polars as pl
 import pytest
 import yaml
 
+from fraudpipe import evaluate
+from fraudpipe.config import FeatureSettings
 from fraudpipe.evaluate import (
     EvaluationError,
     Window,
     card_precision_at_k,
+    ceiling,
     choose_window,
     known_compromised_mask,
+    unrevealed_frauds,
 )
+from fraudpipe.features import compute_features
 from fraudpipe.replay import HANDBOOK_COLUMNS
 
 from .conftest import fraudpipe
@@ -108,6 +113,54 @@ def test_known_compromised_cards_leave_the_test_days() -> None:
     assert removed.tolist() == handbook
 
 
+# -- the ceiling: frauds no arrived label can reveal --------------------------------------------
+
+
+def test_unrevealed_frauds_by_hand() -> None:
+    T = dt.datetime
+    rows = [  # (id, terminal, ts, fraud_scenario, label delay in hours, unrevealed?)
+        (1, 7, T(2018, 8, 1, 0), 2, 10, True),  # a compromise starts: no label yet
+        (2, 7, T(2018, 8, 1, 9), 2, 10, True),  # 09:00 < 10:00, when id 1's label arrives
+        (3, 7, T(2018, 8, 1, 10), 2, 10, False),  # id 1's label has arrived: revealed
+        (4, 7, T(2018, 8, 2, 0), 0, 10, False),  # a genuine payment ends the run
+        (5, 7, T(2018, 8, 2, 1), 2, 0, False),  # a new run: its own label arrives at once
+        (6, 8, T(2018, 8, 2, 1), 1, 48, False),  # scenario 1 starts terminal 8's run ...
+        (7, 8, T(2018, 8, 2, 2), 2, 48, True),
+        (8, 8, T(2018, 8, 4, 1), 2, 48, False),  # ... and its label reveals the rest
+        (9, 9, T(2018, 8, 2, 1), 3, 48, False),  # a stolen card's fraud: never counted,
+        (10, 9, T(2018, 8, 2, 2), 2, 48, True),  # but it starts the run
+    ]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(rows))  # the row order of the data does not matter
+    data = pl.DataFrame(
+        {
+            "transaction_id": [rows[k][0] for k in order],
+            "terminal_id": [rows[k][1] for k in order],
+            "ts": [rows[k][2] for k in order],
+            "fraud_scenario": [rows[k][3] for k in order],
+            "label_ts": [rows[k][2] + dt.timedelta(hours=rows[k][4]) for k in order],
+        },
+        schema_overrides={"ts": pl.Datetime("us"), "label_ts": pl.Datetime("us")},
+    ).with_columns(
+        pl.col("fraud_scenario").cast(pl.Int8),
+        is_fraud=(pl.col("fraud_scenario") > 0).cast(pl.Int8),
+    )
+    assert unrevealed_frauds(data).tolist() == [rows[k][5] for k in order]
+
+
+def test_ceiling_ranks_unrevealed_frauds_at_chance() -> None:
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    unrevealed = np.array([0, 0, 0, 1, 0, 0, 0, 0], dtype=bool)
+    scores = np.array([0.9, 0.8, 0.1, 0.5, 0.7, 0.6, 0.2, 0.05])
+    bound = ceiling(y, scores, unrevealed)
+    assert bound["roc_auc"] == 1 - 1 / 8  # one of 4 frauds at AUC 1/2
+    assert bound["unrevealed_frauds"] == 1
+    # spread: that one fraud's AUC over 4 genuine rows at random, var (1 + 4 + 1) / (12 * 4)
+    assert bound["roc_auc_sd"] == pytest.approx(0.25 * (6 / 48) ** 0.5)
+    # the model without it: 0.9, 0.8 above every genuine row, 0.1 above 1 of 4
+    assert bound["model_roc_auc_on_revealed"] == pytest.approx((4 + 4 + 1) / 12)
+
+
 # -- the window --------------------------------------------------------------------------------
 
 
@@ -194,6 +247,10 @@ def test_evaluate_end_to_end_in_handbook_columns(
     assert out["test"]["removed_known_compromised"] > 0
     assert out["train"]["n_fraud"] > 0 and out["test"]["n_fraud"] > 0
     assert out["published"]["tuned XGBoost"]["average_precision"] == 0.687
+    assert out["ceiling"] == {
+        "roc_auc": None,
+        "why": "the data carries no fraud_scenario (the simulator's truth)",
+    }
 
     # default window: the latest that fits
     table = fraudpipe(*args, env={"COLUMNS": "200"}, check=True)
@@ -201,6 +258,75 @@ def test_evaluate_end_to_end_in_handbook_columns(
     assert "test 2018-05-24..2018-05-30" in table.stdout
     for name in ("fraudpipe (LightGBM", "logistic regression", "0.871", "tuned XGBoost", "0.303"):
         assert name in table.stdout
+
+
+def test_evaluate_gives_the_ceiling_on_simulator_truth(
+    small: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config, source = small
+    args = ("evaluate", "--config", str(config), "--train-start", "2018-05-01")
+    out = json.loads(fraudpipe(*args, "--input", str(source), "--json", check=True).stdout)
+    bound, n_fraud = out["ceiling"], out["test"]["n_fraud"]
+    assert 0 < bound["unrevealed_frauds"] < n_fraud
+    assert bound["roc_auc"] == pytest.approx(1 - bound["unrevealed_frauds"] / (2 * n_fraud))
+    assert 0 < bound["roc_auc_sd"] < 0.1
+    assert 0.5 < bound["model_roc_auc_on_revealed"] <= 1
+    table = fraudpipe(*args, "--input", str(source), env={"COLUMNS": "200"}, check=True).stdout
+    assert "ceiling: unrevealed frauds at chance" in table
+    assert f"{bound['unrevealed_frauds']} of {n_fraud} test frauds" in table
+    assert f"{bound['roc_auc']:.3f} ± {bound['roc_auc_sd']:.3f}" in table
+
+    noisy = tmp_path / "noisy.parquet"
+    flipped = pl.col("transaction_id") % 97 == 0
+    pl.read_parquet(source).with_columns(
+        is_fraud=pl.when(flipped).then(1 - pl.col("is_fraud")).otherwise(pl.col("is_fraud"))
+    ).write_parquet(noisy)
+    out = json.loads(fraudpipe(*args, "--input", str(noisy), "--json", check=True).stdout)
+    assert out["ceiling"] == {
+        "roc_auc": None,
+        "why": "fraud_scenario disagrees with is_fraud (noisy labels)",
+    }
+    table = fraudpipe(*args, "--input", str(noisy), env={"COLUMNS": "200"}, check=True).stdout
+    assert "ceiling" not in table
+
+
+def test_unrevealed_frauds_are_what_no_feature_can_see(small: tuple[Path, Path]) -> None:
+    """On simulated data: against a row-by-row reference, and features of unrevealed frauds
+    unchanged when every label of their compromise is dropped."""
+    _, source = small
+    data = evaluate.load(source, 7)
+    mask = unrevealed_frauds(data)
+    expected = np.zeros(data.height, dtype=bool)
+    run_of: dict[int, list[int]] = {}  # row -> the rows of its run so far
+    by_terminal = data.with_row_index("row").sort("terminal_id", "ts", "transaction_id")
+    for _, group in by_terminal.group_by("terminal_id", maintain_order=True):
+        run: list[int] = []
+        for r in group.iter_rows(named=True):
+            if r["is_fraud"] != 1:
+                run = []
+                continue
+            run.append(r["row"])
+            run_of[r["row"]] = list(run)
+            arrived = [k for k in run if data["label_ts"][k] <= r["ts"]]
+            expected[r["row"]] = r["fraud_scenario"] == 2 and not arrived
+    assert mask.tolist() == expected.tolist()
+    assert 10 < mask.sum() < (data["fraud_scenario"] == 2).sum()
+
+    tx = data.select("transaction_id", "ts", "customer_id", "terminal_id", "amount").with_columns(
+        created_at=pl.lit(0.0)
+    )
+    labels = data.select("transaction_id", "is_fraud", "label_ts")
+    cfg = FeatureSettings()
+    ids = data["transaction_id"]
+    runs: dict[int, list[int]] = {}  # the first row of a run -> its unrevealed rows
+    for row in np.flatnonzero(mask):
+        runs.setdefault(run_of[int(row)][0], []).append(int(row))
+    for rows in runs.values():
+        query = ids.gather(rows)
+        hidden = ids.gather(run_of[rows[-1]]).implode()
+        seen = compute_features(tx, labels, cfg, query_ids=query)
+        blind = labels.filter(~pl.col("transaction_id").is_in(hidden))
+        assert seen.equals(compute_features(tx, blind, cfg, query_ids=query))
 
 
 def test_evaluate_bad_input_exits_2_naming_the_problem(

@@ -16,6 +16,12 @@ Le Borgne et al., "Reproducible Machine Learning for Credit Card Fraud Detection
 - metrics on what remains: ROC AUC, average precision, and card precision@100
   (:func:`card_precision_at_k`).
 
+On the simulator's own output (a ``fraud_scenario`` that agrees with every label) the
+evaluation also gives the ROC AUC no model can pass, in expectation (:func:`ceiling`): the
+frauds of a terminal compromised so recently that none of its frauds' labels has arrived look
+exactly like genuine payments, since the compromised terminals are drawn at random. Ranked at
+chance, as they must be, they cap the AUC at 1 - (their share of the test frauds) / 2.
+
 The model is the pipeline's own (:func:`fraudpipe.model.train_booster` with the train
 settings), early-stopped on the last ``valid_days`` of the training window and then refitted on
 the whole window with the rounds found, as the train stage does. With ``tune_trials`` the
@@ -26,6 +32,7 @@ parameters are first searched on those same validation days (model.train_with_va
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,6 +178,70 @@ def known_compromised_mask(data: pl.DataFrame, window: Window) -> npt.NDArray[np
     return np.asarray(joined.select(known.alias("k"))["k"].to_numpy(), dtype=np.bool_)
 
 
+def unrevealed_frauds(data: pl.DataFrame) -> npt.NDArray[np.bool_]:
+    """For each row of data: a terminal-compromise fraud (fraud_scenario 2) that no arrived label
+    can have revealed?
+
+    data: transaction_id, ts, terminal_id, is_fraud, fraud_scenario, label_ts. A compromised
+    terminal's payments are all fraud, so its compromise shows as a run of consecutive frauds
+    at that terminal (in (ts, id) order). A scenario-2 fraud is unrevealed when no fraud of its
+    run up to it, itself included, has a label that arrived by its time.
+    """
+    order = np.lexsort(
+        (
+            data["transaction_id"].to_numpy(),
+            data["ts"].to_physical().to_numpy(),
+            data["terminal_id"].to_numpy(),
+        )
+    )
+    terminal = data["terminal_id"].to_numpy()[order]
+    fraud = data["is_fraud"].to_numpy()[order] == 1
+    ts = data["ts"].to_physical().to_numpy()[order]
+    label_ts = data["label_ts"].to_physical().to_numpy()[order]
+    starts = fraud & np.concatenate(([True], (terminal[1:] != terminal[:-1]) | ~fraud[:-1]))
+    runs = pl.DataFrame(
+        {"run": np.cumsum(starts), "arrived": np.where(fraud, label_ts, np.iinfo(np.int64).max)}
+    )
+    first_arrival = runs.select(pl.col("arrived").cum_min().over("run"))["arrived"].to_numpy()
+    scenario = data["fraud_scenario"].to_numpy()[order]
+    out = np.empty(len(order), np.bool_)
+    out[order] = fraud & (scenario == 2) & (first_arrival > ts)
+    return out
+
+
+def ceiling(
+    y: np.ndarray, scores: np.ndarray, unrevealed: np.ndarray
+) -> dict[str, float | int | None]:
+    """The test days' ROC AUC ceiling: every fraud but the unrevealed ones ranked first, those
+    at chance among the genuine rows (AUC 1/2 each); its spread (the standard deviation of the
+    AUC that chance gives them: Mann-Whitney's, without ties); and the model's AUC without
+    them."""
+    n_fraud = int(y.sum())
+    n_genuine = len(y) - n_fraud
+    b = int(unrevealed.sum())
+    if n_fraud == 0 or n_genuine == 0:
+        auc, sd = None, None
+    else:
+        auc = 1 - b / (2 * n_fraud)
+        sd = b / n_fraud * math.sqrt((b + n_genuine + 1) / (12 * b * n_genuine)) if b else 0.0
+    return {
+        "roc_auc": auc,
+        "roc_auc_sd": sd,
+        "unrevealed_frauds": b,
+        "model_roc_auc_on_revealed": roc_auc(y[~unrevealed], scores[~unrevealed]),
+    }
+
+
+def _no_ceiling_because(data: pl.DataFrame) -> str | None:
+    """Why the data cannot give a ceiling (None: it can): it needs the simulator's truth."""
+    truth = data["fraud_scenario"]
+    if not (truth > 0).any():
+        return "the data carries no fraud_scenario (the simulator's truth)"
+    if ((truth > 0).cast(pl.Int8) != data["is_fraud"]).any():
+        return "fraud_scenario disagrees with is_fraud (noisy labels)"
+    return None
+
+
 def card_precision_at_k(
     day: np.ndarray, customer: np.ndarray, y: np.ndarray, score: np.ndarray, k: int = TOP_K
 ) -> tuple[float, list[float]]:
@@ -257,7 +328,8 @@ def evaluate_protocol(
     lo_us = _day_number(window.train_start) * DAY_US
     hi_us = _day_number(window.end) * DAY_US
     ts_us = pl.col("ts").dt.epoch("us")
-    in_window = data.filter((ts_us >= lo_us) & (ts_us < hi_us))
+    window_rows = data.select(((ts_us >= lo_us) & (ts_us < hi_us)).alias("w"))["w"]
+    in_window = data.filter(window_rows)
     tx = data.select(
         "transaction_id", "ts", "customer_id", "terminal_id", "amount", created_at=pl.lit(0.0)
     )
@@ -317,6 +389,12 @@ def evaluate_protocol(
         "card_precision_at_100": cp_mean,
         "card_precision_at_100_per_day": cp_days,
     }
+    why = _no_ceiling_because(data)
+    if why is None:
+        unrevealed = unrevealed_frauds(data)[window_rows.to_numpy()][is_test]
+        bound: dict[str, Any] = ceiling(y_test, scores, unrevealed)
+    else:
+        bound = {"roc_auc": None, "why": why}
     info = {
         "train": {"n": int(is_train.sum()), "n_fraud": int(y[is_train].sum()), **fit_info},
         "test": {
@@ -325,6 +403,7 @@ def evaluate_protocol(
             "removed_known_compromised": n_removed,
         },
         "features": names,
+        "ceiling": bound,
         "seconds": timings,
     }
     return Evaluation(window, metrics, info)
@@ -361,7 +440,7 @@ def table(ev: Evaluation) -> Table:
         caption=f"test: {ev.info['test']['n']:,} transactions, {ev.info['test']['n_fraud']} "
         f"frauds ({ev.info['test']['removed_known_compromised']:,} of known compromised cards "
         f"removed); train: {ev.info['train']['n']:,} transactions, "
-        f"{ev.info['train']['n_fraud']} frauds",
+        f"{ev.info['train']['n_fraud']} frauds" + _ceiling_caption(ev),
     )
 
     def cell(v: float | None) -> str:
@@ -376,6 +455,28 @@ def table(ev: Evaluation) -> Table:
         cell(m["card_precision_at_100"]),
         style="bold",
     )
+    bound = ev.info["ceiling"]
+    if bound["roc_auc"] is not None:
+        out.add_row("ceiling: unrevealed frauds at chance", _spread(bound), "", "")
     for name, (auc, ap, cp) in PUBLISHED.items():
         out.add_row(f"handbook: {name}", cell(auc), cell(ap), cell(cp))
     return out
+
+
+def _ceiling_caption(ev: Evaluation) -> str:
+    bound = ev.info["ceiling"]
+    if bound["roc_auc"] is None:
+        return ""
+    revealed = bound["model_roc_auc_on_revealed"]
+    return (
+        f"\nceiling (simulator truth): {bound['unrevealed_frauds']} of "
+        f"{ev.info['test']['n_fraud']} test frauds are at terminals compromised too recently "
+        "for any of their labels to have arrived, and no feature can tell them from genuine "
+        f"payments: ranked at chance, they cap ROC AUC at {_spread(bound)} (one standard "
+        "deviation of chance). Without them, fraudpipe's ROC AUC is "
+        f"{'n/a' if revealed is None else f'{revealed:.3f}'}."
+    )
+
+
+def _spread(bound: dict[str, Any]) -> str:
+    return f"{bound['roc_auc']:.3f} ± {bound['roc_auc_sd']:.3f}"
