@@ -125,6 +125,28 @@ def naive(tx: pl.DataFrame, labels: pl.DataFrame, cfg: FeatureSettings) -> pl.Da
                 if earlier and sum(earlier)
                 else -1.0
             )
+            if w == max(cfg.windows_days):  # settled: old enough for labels; recent: the rest
+                settled = [
+                    round(j["amount"] * 100)
+                    for j in mine
+                    if j["ts"] <= t - delay and (j["ts"], j["transaction_id"]) < me
+                ]
+                recent = [
+                    round(j["amount"] * 100)
+                    for j in mine
+                    if j["ts"] > t - delay or (j["ts"], j["transaction_id"]) == me
+                ]
+                usable = bool(settled) and sum(settled) != 0
+                f["customer_amount_ratio_settled"] = (
+                    float(Fraction(round(r["amount"] * 100) * len(settled), sum(settled)))
+                    if usable
+                    else -1.0
+                )
+                f["customer_recent_avg_ratio"] = (
+                    float(Fraction(sum(recent) * len(settled), sum(settled) * len(recent)))
+                    if usable
+                    else -1.0
+                )
         for w in cfg.windows_days:
             seen = [
                 j
@@ -147,6 +169,11 @@ def naive(tx: pl.DataFrame, labels: pl.DataFrame, cfg: FeatureSettings) -> pl.Da
                 since = [j for j in seen if first is not None and j["ts"] >= first]
                 f["terminal_risk_since_first_fraud"] = len(bad) / len(since) if bad else -1.0
                 f["terminal_last_tx_fraud"] = 1.0 if bad and last == latest else 0.0
+                f["terminal_fraud_avg_amount"] = (
+                    float(Fraction(sum(round(j["amount"] * 100) for j in bad), 100 * len(bad)))
+                    if bad
+                    else -1.0
+                )
         out.append(f)
     names = [n for n in feature_names(cfg) if n not in TRANSACTIONS]
     schema = {**TRANSACTIONS, **{n: pl.Float64 for n in names}}
@@ -242,11 +269,14 @@ def test_names_and_lookback() -> None:
         "customer_amount_ratio_1d",
         "customer_amount_ratio_7d",
         "customer_amount_ratio_30d",
+        "customer_amount_ratio_settled",
+        "customer_recent_avg_ratio",
         "terminal_first_fraud_days",
         "terminal_last_fraud_days",
         "terminal_last_tx_days",
         "terminal_risk_since_first_fraud",
         "terminal_last_tx_fraud",
+        "terminal_fraud_avg_amount",
     ]
     assert feature_names(HANDBOOK) == feature_names(cfg)[:15]  # the handbook's 15
     assert lookback(cfg) == dt.timedelta(days=37)

@@ -168,8 +168,10 @@ class FeatureSettings(_Section):
     )
     extended: bool = Field(
         True,
-        description="Add fraudpipe's features to the handbook's 15: the amount over the card's "
-        "own mean per window, and the days since the terminal's first and last known fraud.",
+        description="Add fraudpipe's 11 features to the handbook's 15: the amount over the "
+        "card's own mean (per window, and over its settled history, old enough to be labeled), "
+        "its recent spending over that history, and the terminal's known frauds (days since "
+        "the first and last, their share and mean amount, its latest transaction).",
     )
 
 

@@ -15,10 +15,26 @@ Then fraudpipe's own (``cfg.extended``), with W the longest window:
 - ``customer_amount_ratio_{w}d``: amount over the mean amount of the customer's earlier
   transactions in the window (those above but the current one), -1.0 when there are none (or
   they sum to 0): a card paying far more than it usually does (a stolen card's big spend);
+- ``customer_amount_ratio_settled``: amount over the mean amount of the customer's settled
+  transactions, those with t - W days < ts_j <= t - D (and before the current one), old enough
+  for their labels to have arrived; -1.0 when there are none (or they sum to 0). Unlike the
+  windows above, this baseline holds none of the card's latest payments, which a thief may
+  have made and no label has yet flagged;
+- ``customer_recent_avg_ratio``: the mean amount of the customer's unsettled transactions (the
+  rest of the W window, the current one included) over the mean of the settled ones, -1.0
+  when either is empty (or the settled ones sum to 0): a card whose spending has just risen;
 - ``terminal_first_fraud_days`` / ``terminal_last_fraud_days``: days from the terminal's
   earliest / latest known fraud to t, among its transactions with t - D - W days < ts_j <= t - D
   whose fraud label arrived by t (the ``terminal_risk_{W}d`` frauds), -1.0 when there are none:
-  how long a terminal has been known compromised, and whether it still is.
+  how long a terminal has been known compromised, and whether it still is;
+- ``terminal_last_tx_days``: days from the terminal's latest transaction of that window to t
+  (D + W when there is none); ``terminal_risk_since_first_fraud``: the share of known frauds
+  among the window's transactions from the first known fraud on (-1.0 without one); and
+  ``terminal_last_tx_fraud``: 1.0 when the latest of them is a known fraud;
+- ``terminal_fraud_avg_amount``: the mean amount of those known frauds, -1.0 when there are
+  none. A compromised terminal (a skimmer) defrauds ordinary payments of many cards, while a
+  stolen card's big spends make frauds at whatever terminal it is used: this tells the two
+  apart.
 
 Everything is counted with sorted arrays and binary searches over int64 (key, time) codes,
 never per row, and amounts are summed in integer cents (amounts count to the cent). So a
@@ -50,12 +66,14 @@ _EPOCH = dt.datetime(1970, 1, 1)
 _KEY_LIMIT = 2**63 - 1  # (key, time) codes must stay below this to fit in int64
 
 
+_CUSTOMER_EXTENDED = ("customer_amount_ratio_settled", "customer_recent_avg_ratio")
 _TERMINAL_EXTENDED = (
     "terminal_first_fraud_days",
     "terminal_last_fraud_days",
     "terminal_last_tx_days",
     "terminal_risk_since_first_fraud",
     "terminal_last_tx_fraud",
+    "terminal_fraud_avg_amount",
 )
 
 
@@ -77,7 +95,7 @@ def feature_names(cfg: FeatureSettings) -> list[str]:
         names += [f"terminal_nb_tx_{w}d", f"terminal_risk_{w}d"]
     if cfg.extended:
         names += [f"customer_amount_ratio_{w}d" for w in ws]
-        names += list(_TERMINAL_EXTENDED)
+        names += [*_CUSTOMER_EXTENDED, *_TERMINAL_EXTENDED]
     return names
 
 
@@ -156,7 +174,7 @@ def _compute(
         "is_weekend": (when.dt.weekday() >= 6).cast(pl.Float64),
         "is_night": (when.dt.hour() <= 6).cast(pl.Float64),
     }
-    customer = _customer_features(tx, ts, rows, ws, qmin, qmax)
+    customer, customer_extra = _customer_features(tx, ts, rows, ws, delay, qmin, qmax)
     terminal, terminal_extra = _terminal_features(tx, ts, frauds, rows, ws, delay, qmin, qmax)
     for w in ws:
         cols[f"customer_nb_tx_{w}d"], cols[f"customer_avg_amount_{w}d"], _ = customer[w]
@@ -165,6 +183,7 @@ def _compute(
     if cfg.extended:
         for w in ws:
             cols[f"customer_amount_ratio_{w}d"] = customer[w][2]
+        cols.update(customer_extra)
         cols.update(terminal_extra)
     return out.with_columns(pl.Series(name, v, dtype=pl.Float64) for name, v in cols.items())
 
@@ -234,17 +253,18 @@ def _count_le(sorted_codes: I64, queries: I64) -> I64:
 
 
 def _customer_features(
-    tx: pl.DataFrame, ts: I64, rows: I64, ws: list[int], qmin: int, qmax: int
-) -> dict[int, tuple[F64, F64, F64]]:
+    tx: pl.DataFrame, ts: I64, rows: I64, ws: list[int], delay: int, qmin: int, qmax: int
+) -> tuple[dict[int, tuple[F64, F64, F64]], dict[str, F64]]:
     """Per window: count and mean amount of the customer's transactions up to (t, id), and
-    the amount over the mean of the earlier ones (-1.0 without any, or when they sum to 0)."""
+    the amount over the mean of the earlier ones (-1.0 without any, or when they sum to 0);
+    then the settled-history features, by name (see the module's docstring)."""
     keep = (ts > qmin - max(ws) * _DAY_US) & (ts <= qmax)
     at = (np.cumsum(keep) - 1)[rows]  # the query rows among the kept rows
     cust = tx["customer_id"].to_numpy()[keep]
     ids = tx["transaction_id"].to_numpy()[keep]
     cents = np.rint(tx["amount"].to_numpy()[keep] * 100).astype(np.int64)
     t = ts[keep]
-    kt = _KeyTime(cust, [t, *(ts[rows] - w * _DAY_US for w in ws)])
+    kt = _KeyTime(cust, [t, *(ts[rows] - w * _DAY_US for w in ws), ts[rows] - delay])
     keyed = kt.encode(cust, t, known=True)
     order = _order(keyed, ids)
     sorted_codes = keyed[order]
@@ -268,7 +288,24 @@ def _customer_features(
             _unsort(by_code, (csum[hi] - csum[lo]) / (n * 100)),
             _unsort(by_code, ratio),
         )
-    return out
+    # settled: ts_j in (t - W, t - D] and before the query row; unsettled: the rest up to it
+    settled_lo = _count_le(sorted_codes, kt.encode(qcust, tq - max(ws) * _DAY_US, known=True))
+    settled_hi = _count_le(sorted_codes, kt.encode(qcust, tq - delay, known=True))
+    settled_hi = np.clip(settled_hi, settled_lo, hi - 1)
+    n_settled = settled_hi - settled_lo
+    settled = csum[settled_hi] - csum[settled_lo]
+    n_recent = hi - settled_hi
+    recent = csum[hi] - csum[settled_hi]
+    known = (n_settled > 0) & (settled != 0)
+    extra = {
+        "customer_amount_ratio_settled": np.divide(
+            mine * n_settled, settled, out=np.full(len(hi), -1.0), where=known
+        ),
+        "customer_recent_avg_ratio": np.divide(
+            recent * n_settled, settled * n_recent, out=np.full(len(hi), -1.0), where=known
+        ),
+    }
+    return out, {name: _unsort(by_code, v) for name, v in extra.items()}
 
 
 def _unsort(order: I64, values: F64) -> F64:
@@ -298,7 +335,7 @@ def _terminal_features(
     """
     longest = max(ws)
     keep = (ts > qmin - delay - longest * _DAY_US) & (ts <= qmax - delay)
-    hist = tx.filter(pl.Series(keep)).select("transaction_id", "ts", "terminal_id")
+    hist = tx.filter(pl.Series(keep)).select("transaction_id", "ts", "terminal_id", "amount")
     flagged = (
         frauds.filter(pl.col("label_ts") <= pl.lit(qmax).cast(pl.Datetime("us")))
         .group_by("transaction_id")
@@ -334,15 +371,22 @@ def _terminal_features(
     now, qterm, tq = now[by_code], qterm[by_code], tq[by_code]
     upto = _count_le(sorted_codes, kt.encode(qterm, tq - delay))
     out: dict[int, tuple[F64, F64]] = {}
-    n_all = bad_all = np.zeros(len(tq), np.int64)
+    fcents = np.rint(flagged["amount"].to_numpy() * 100).astype(np.int64)
+    n_all = bad_all = bad_cents = np.zeros(len(tq), np.int64)
     for w in ws:
         n = upto - _count_le(sorted_codes, kt.encode(qterm, tq - delay - w * _DAY_US))
         live = enter < leave[w]
-        entered = np.sort(kt.encode(fterm[live], enter[live], known=True))
-        left = np.sort(kt.encode(fterm[live], leave[w][live], known=True))
-        bad = _count_le(entered, now) - _count_le(left, now)
+        entered, entered_cents = _sorted_with_sums(
+            kt.encode(fterm[live], enter[live], known=True), fcents[live]
+        )
+        left, left_cents = _sorted_with_sums(
+            kt.encode(fterm[live], leave[w][live], known=True), fcents[live]
+        )
+        n_entered, n_left = _count_le(entered, now), _count_le(left, now)
+        bad = n_entered - n_left
         if w == longest:
             n_all, bad_all = n, bad
+            bad_cents = entered_cents[n_entered] - left_cents[n_left]
         risk = np.divide(bad, n, out=np.zeros(len(n), np.float64), where=n > 0)
         out[w] = _unsort(by_code, n.astype(np.float64)), _unsort(by_code, risk)
 
@@ -372,8 +416,18 @@ def _terminal_features(
             bad_all, n_since, out=np.full(len(tq), -1.0), where=known
         ),
         "terminal_last_tx_fraud": (known & (n_all > 0) & (last_ts == latest)).astype(np.float64),
+        "terminal_fraud_avg_amount": np.divide(
+            bad_cents, bad_all * 100, out=np.full(len(tq), -1.0), where=known
+        ),
     }
     return out, {name: _unsort(by_code, v) for name, v in extra.items()}
+
+
+def _sorted_with_sums(codes: I64, cents: I64) -> tuple[I64, I64]:
+    """codes sorted, and the running sums of their cents in that order (a leading 0): the
+    cents of the first k sorted codes sum to sums[k]."""
+    order = np.argsort(codes, kind="stable")
+    return codes[order], np.concatenate(([0], np.cumsum(cents[order])))
 
 
 def _range_minima(values: I64) -> list[I64]:
