@@ -296,13 +296,13 @@ def _customer_features(
     settled = csum[settled_hi] - csum[settled_lo]
     n_recent = hi - settled_hi
     recent = csum[hi] - csum[settled_hi]
-    known = (n_settled > 0) & (settled != 0)
+    has_settled = (n_settled > 0) & (settled != 0)
     extra = {
         "customer_amount_ratio_settled": np.divide(
-            mine * n_settled, settled, out=np.full(len(hi), -1.0), where=known
+            mine * n_settled, settled, out=np.full(len(hi), -1.0), where=has_settled
         ),
         "customer_recent_avg_ratio": np.divide(
-            recent * n_settled, settled * n_recent, out=np.full(len(hi), -1.0), where=known
+            recent * n_settled, settled * n_recent, out=np.full(len(hi), -1.0), where=has_settled
         ),
     }
     return out, {name: _unsort(by_code, v) for name, v in extra.items()}
