@@ -94,6 +94,14 @@ def _fail(path: Path, s: pl.Series, ours: str, expected: str, bad: pl.Series) ->
     )
 
 
+def _only(path: Path, s: pl.Series, converted: pl.Series, ours: str, allowed: list[int]) -> None:
+    """Refuse a converted column holding a value outside allowed (nulls pass)."""
+    bad = ~converted.is_in(allowed).fill_null(True)
+    if bad.any():
+        *rest, last = (str(v) for v in allowed)
+        raise _fail(path, s, ours, f"{', '.join(rest)} or {last}", bad)
+
+
 def _convert(s: pl.Series, dtype: pl.DataType, ours: str, path: Path) -> pl.Series:
     """Cast to dtype, refusing any value that would be lost or changed (nulls pass through)."""
     expected = "integers" if dtype.is_integer() else "numbers"
@@ -173,17 +181,13 @@ def load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
         if ours != "is_fraud" and s.null_count():
             raise _fail(path, raw[names[ours]], ours, "a value in every row", s.is_null())
     if "is_fraud" in cols:
-        bad = ~cols["is_fraud"].is_in([0, 1]).fill_null(True)
-        if bad.any():
-            raise _fail(path, raw[names["is_fraud"]], "is_fraud", "0 or 1", bad)
+        _only(path, raw[names["is_fraud"]], cols["is_fraud"], "is_fraud", [0, 1])
     else:
         cols["is_fraud"] = pl.Series("is_fraud", [None] * raw.height, dtype=pl.Int8)
     scenario = pl.Series("fraud_scenario", [0] * raw.height, dtype=pl.Int8)
     if "fraud_scenario" in raw.columns:
         scenario = _convert(raw["fraud_scenario"], pl.Int8(), "fraud_scenario", path)
-        bad = ~scenario.is_in([0, 1, 2, 3]).fill_null(True)
-        if bad.any():
-            raise _fail(path, raw["fraud_scenario"], "fraud_scenario", "0, 1, 2 or 3", bad)
+        _only(path, raw["fraud_scenario"], scenario, "fraud_scenario", [0, 1, 2, 3])
     cols["fraud_scenario"] = scenario.fill_null(0)
     df = pl.DataFrame({ours: s.alias(ours) for ours, s in cols.items()})
     if "transaction_id" in cols:
