@@ -187,16 +187,12 @@ def unrevealed_frauds(data: pl.DataFrame) -> npt.NDArray[np.bool_]:
     at that terminal (in (ts, id) order). A scenario-2 fraud is unrevealed when no fraud of its
     run up to it, itself included, has a label that arrived by its time.
     """
-    order = np.lexsort(
-        (
-            data["transaction_id"].to_numpy(),
-            data["ts"].to_physical().to_numpy(),
-            data["terminal_id"].to_numpy(),
-        )
-    )
-    terminal = data["terminal_id"].to_numpy()[order]
+    all_ts = data["ts"].to_physical().to_numpy()
+    all_terminals = data["terminal_id"].to_numpy()
+    order = np.lexsort((data["transaction_id"].to_numpy(), all_ts, all_terminals))
+    terminal = all_terminals[order]
     fraud = data["is_fraud"].to_numpy()[order] == 1
-    ts = data["ts"].to_physical().to_numpy()[order]
+    ts = all_ts[order]
     label_ts = data["label_ts"].to_physical().to_numpy()[order]
     starts = fraud & np.concatenate(([True], (terminal[1:] != terminal[:-1]) | ~fraud[:-1]))
     runs = pl.DataFrame(
