@@ -195,9 +195,9 @@ def unrevealed_frauds(data: pl.DataFrame) -> npt.NDArray[np.bool_]:
     ts = all_ts[order]
     label_ts = data["label_ts"].to_physical().to_numpy()[order]
     starts = fraud & np.concatenate(([True], (terminal[1:] != terminal[:-1]) | ~fraud[:-1]))
-    runs = pl.DataFrame(
-        {"run": np.cumsum(starts), "arrived": np.where(fraud, label_ts, np.iinfo(np.int64).max)}
-    )
+    # a genuine row joins the run before it, after all of that run's frauds: it moves no
+    # fraud's running minimum
+    runs = pl.DataFrame({"run": np.cumsum(starts), "arrived": label_ts})
     first_arrival = runs.select(pl.col("arrived").cum_min().over("run"))["arrived"].to_numpy()
     scenario = data["fraud_scenario"].to_numpy()[order]
     out = np.empty(len(order), np.bool_)
