@@ -101,7 +101,8 @@ def test_reaper_returns_expired_claims(tmp_path: Path, qsettings: QueueSettings)
     assert t.renew(c)
     assert t.reap(now=time.time() + qsettings.lease_s + 0.5) == 1
     [m] = t.pending()
-    assert m.attempt == 1
+    assert (m.attempt, m.lost) == (0, 1)  # a lost lease, not a failed attempt
+    assert m.path.name == f"{m.id}~0-1.parquet"
     # The slow owner wakes up: its ack and renew fail (lease lost), nothing is duplicated.
     assert not t.ack(c) and not t.renew(c)
     assert where(t, c.id) == ["pending"]
@@ -112,11 +113,68 @@ def test_expired_claims_of_a_poison_batch_end_in_dead(
 ) -> None:
     t = Topic(tmp_path, "t", qsettings)
     t.publish("0000000000001-p-00000001", batch(2))
-    for _ in range(qsettings.max_attempts):
+    for _ in range(qsettings.max_lost_leases):
+        assert t.dead_letters() == []
         assert t.claim("killer") is not None
         t.reap(now=time.time() + qsettings.lease_s + 1)
     [dl] = t.dead_letters()
-    assert "lease expired" in dl.reason["reason"]
+    assert dl.reason["lost_leases"] == qsettings.max_lost_leases
+    assert f"lost {qsettings.max_lost_leases} lease(s)" in dl.reason["reason"]
+
+
+def test_lost_leases_and_failures_are_bounded_apart(
+    tmp_path: Path, qsettings: QueueSettings
+) -> None:
+    """Holders killed one after another say little about the batch: they cost no attempt, and
+    a deferral (the volume was full) costs nothing at all."""
+    t = Topic(tmp_path, "t", qsettings)
+    t.publish("0000000000001-p-00000001", batch(2))
+    for _ in range(qsettings.max_lost_leases - 1):
+        assert t.claim("killed") is not None
+        assert t.reap(now=time.time() + qsettings.lease_s + 1) == 1
+    for _ in range(qsettings.max_attempts - 1):
+        c = t.claim("failing")
+        assert c is not None and t.release(c, "boom") == "retry"
+    for _ in range(5):
+        c = t.claim("disk full")
+        assert c is not None and t.defer(c) == "retry"
+    [m] = t.pending()
+    assert (m.attempt, m.lost) == (qsettings.max_attempts - 1, qsettings.max_lost_leases - 1)
+    assert t.dead_letters() == []
+    c = t.claim("last")
+    assert c is not None and t.release(c, "boom") == "dead"
+    [dl] = t.dead_letters()
+    assert dl.reason["attempts"] == qsettings.max_attempts
+
+
+def test_files_that_are_no_message_go_to_dead_letters(
+    tmp_path: Path, qsettings: QueueSettings
+) -> None:
+    """A file dropped into pending/ under a name that is no message id is moved to dead/ with
+    a reason: nothing skips it forever, nothing chokes on it, and it is never requeued."""
+    t = Topic(tmp_path, "t", qsettings)
+    t.publish("0000000000001-p-00000001", batch(2))
+    for name in ("abc~0.parquet", "12-p-1~0.parquet", "0000000000002-p-00000002~x.parquet"):
+        (t.dir("pending") / name).write_bytes(b"x")
+    (t.dir("pending") / ".hidden-write.tmp").write_bytes(b"x")  # someone's write in progress
+    assert [m.id for m in t.pending()] == ["0000000000001-p-00000001"]
+    assert t.quarantine() == 3
+    assert sorted(p.name for p in t.dir("pending").iterdir()) == [
+        ".hidden-write.tmp",
+        "0000000000001-p-00000001~0.parquet",
+    ]
+    dead = t.dead_letters()
+    assert [d.id for d in dead] == [
+        "0000000000002-p-00000002~x.parquet",
+        "12-p-1~0.parquet",
+        "abc~0.parquet",
+    ]
+    assert all(d.foreign and "not a message" in d.reason["reason"] for d in dead)
+    assert t.stats().dead == 3
+    with pytest.raises(ValueError, match="cannot be requeued"):
+        t.requeue("abc~0.parquet")
+    t.purge("abc~0.parquet")
+    assert len(t.dead_letters()) == 2
 
 
 def test_retention_and_tmp_cleanup(tmp_path: Path) -> None:
@@ -144,7 +202,8 @@ def test_backlog_bound(tmp_path: Path) -> None:
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["publish", "claim", "ack", "release", "reap"]), st.integers(0, 5)
+            st.sampled_from(["publish", "claim", "ack", "release", "defer", "reap"]),
+            st.integers(0, 5),
         ),
         min_size=1,
         max_size=60,
@@ -164,9 +223,9 @@ def test_every_message_is_in_exactly_one_state(
             published.add(mid)
         elif op == "claim" and (c := t.claim(f"c{k}")) is not None:
             held.append(c)
-        elif op in ("ack", "release") and held:
+        elif op in ("ack", "release", "defer") and held:
             c = held.pop(k % len(held))
-            t.ack(c) if op == "ack" else t.release(c, "x")
+            {"ack": t.ack, "release": lambda c: t.release(c, "x"), "defer": t.defer}[op](c)
         elif op == "reap":
             clock += 2
             t.reap(now=clock)

@@ -2,24 +2,33 @@
 
 One message is one Parquet file. A topic is a folder on the shared volume::
 
-    queue/<topic>/pending/<id>~<attempt>.parquet             published, waiting
-    queue/<topic>/claimed/<id>~<attempt>~<consumer>.parquet  held under a lease
+    queue/<topic>/pending/<id>~<tries>.parquet               published, waiting
+    queue/<topic>/claimed/<id>~<tries>~<consumer>.parquet    held under a lease
     queue/<topic>/done/<id>.parquet                          acknowledged, kept for retention_s
-    queue/<topic>/dead/<id>~<attempt>.parquet + <id>.reason.json   dead letters
+    queue/<topic>/dead/<id>~<tries>.parquet + <id>.reason.json   dead letters
     queue/<topic>/tmp/                                       writes in progress
+
+``<tries>`` counts what went wrong so far: ``<failed>`` or ``<failed>-<lost>``, the attempts
+that failed (the stage raised an error on the batch) and the leases lost (the holder vanished:
+killed, stopped, or cut off). The two are bounded apart (``max_attempts``, ``max_lost_leases``):
+a lost lease says little about the batch (a node dies, a pod is evicted), so it takes many of
+them, in a row of holders, to call a batch poison (one that kills whoever holds it).
 
 Every state change is one ``rename`` inside the topic folder, which is atomic on a local disk and
 on NFS, and exclusive: of two processes renaming the same file, exactly one succeeds. That is the
 whole locking story; there are no lock files and no shared counters.
 
-* Names: ``<id>`` is ``<13-digit ms time>-<producer>-<sequence>``: time-ordered, unique by
-  construction. A stage's output batch keeps its input's id, so re-processing after a crash
-  finds the name taken instead of adding a second copy.
+* Names: ``<id>`` is ``<13-digit ms time>-<producer>-<8-digit sequence>``: time-ordered,
+  unique by construction. A stage's output batch keeps its input's id, so re-processing after a
+  crash finds the name taken instead of adding a second copy. A file in pending/ whose name is
+  not of this form is nobody's message: housekeeping moves it to dead/, with a reason.
 * Publish: write under tmp/, fsync, rename into pending/. An id already in the topic (pending,
   claimed, done or dead) is not published again.
 * Claim: touch, then rename pending -> claimed (the winner holds the lease). The lease is the
   claimed file's change time: a heartbeat renews it with ``utime``; a reaper moves claims whose
-  lease expired back to pending with attempt + 1, or to dead/ after ``max_attempts``.
+  lease expired back to pending with lost + 1, or to dead/ after ``max_lost_leases``. A failed
+  attempt goes back with failed + 1, or to dead/ after ``max_attempts``; a batch the stage could
+  not finish for a reason outside it (a full disk) goes back unchanged (``defer``).
 * Ack: rename claimed -> done (after the output was durably published). If the rename finds the
   file gone, the lease was lost to the reaper; the output was idempotent, so nothing duplicates.
 """
@@ -30,6 +39,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import secrets
 import socket
 import time
@@ -46,6 +56,8 @@ from fraudpipe.config import QueueSettings
 SUFFIX = ".parquet"
 REASON_SUFFIX = ".reason.json"
 _STATES = ("pending", "claimed", "done", "dead", "tmp")
+_ID = re.compile(r"^\d{13}-[^~/]+-\d{8}$")
+_TRIES = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
 class Unreadable(Exception):
@@ -64,6 +76,11 @@ def make_id(time_ms: int, producer: str, seq: int) -> str:
     return f"{time_ms:013d}-{producer}-{seq:08d}"
 
 
+def is_id(name: str) -> bool:
+    """Whether name is a message id of this protocol (what make_id makes)."""
+    return _ID.match(name) is not None
+
+
 def id_time_ms(msg_id: str) -> int:
     """The time component of a message id (milliseconds since the epoch)."""
     return int(msg_id.split("-", 1)[0])
@@ -73,13 +90,19 @@ def id_time_ms(msg_id: str) -> int:
 class Message:
     topic: str
     id: str
-    attempt: int
+    attempt: int  # attempts that failed so far
     path: Path
+    lost: int = 0  # leases lost so far (holders that vanished)
+
+    @property
+    def tries(self) -> str:
+        """The <tries> part of its file names."""
+        return f"{self.attempt}-{self.lost}" if self.lost else str(self.attempt)
 
 
 @dataclass(frozen=True)
 class Claim(Message):
-    consumer: str
+    consumer: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,6 +112,7 @@ class DeadLetter:
     attempt: int
     path: Path | None
     reason: dict[str, Any]
+    foreign: bool = False  # a file that was never a message of this protocol (see _parse)
 
 
 @dataclass(frozen=True)
@@ -111,18 +135,30 @@ class TopicStats:
         }
 
 
-def _parse(name: str) -> tuple[str, int, str | None] | None:
-    """'<id>~<attempt>[~<consumer>].parquet' -> (id, attempt, consumer); None if not ours."""
+@dataclass(frozen=True)
+class _Name:
+    id: str
+    attempt: int
+    lost: int
+    consumer: str | None
+
+
+def _parse(name: str) -> _Name | None:
+    """'<id>~<tries>[~<consumer>].parquet' -> its parts; None if it is not such a name."""
     if not name.endswith(SUFFIX) or name.startswith("."):
         return None
     parts = name[: -len(SUFFIX)].split("~")
-    if len(parts) not in (2, 3):
+    if len(parts) not in (2, 3) or not is_id(parts[0]):
         return None
-    try:
-        attempt = int(parts[1])
-    except ValueError:
+    tries = _TRIES.match(parts[1])
+    if tries is None:
         return None
-    return parts[0], attempt, parts[2] if len(parts) == 3 else None
+    return _Name(
+        parts[0],
+        int(tries[1]),
+        int(tries[2] or 0),
+        parts[2] if len(parts) == 3 and parts[2] else None,
+    )
 
 
 def _scan(folder: Path) -> Iterator[os.DirEntry[str]]:
@@ -192,14 +228,22 @@ class Topic:
     def over_backlog(self) -> bool:
         return self.backlog() >= self.settings.max_backlog
 
+    def oldest_ms(self) -> int | None:
+        """The time in the id of the oldest message not yet done (pending or claimed): how far
+        back this topic's consumers still are. None when there is none."""
+        times = [id_time_ms(m.id) for m in [*self.pending(), *self.claims()]]
+        return min(times, default=None)
+
     # -- consuming ---------------------------------------------------------------------------
 
     def pending(self) -> list[Message]:
         out = []
         for entry in _scan(self.dir("pending")):
             parsed = _parse(entry.name)
-            if parsed:
-                out.append(Message(self.name, parsed[0], parsed[1], Path(entry.path)))
+            if parsed and parsed.consumer is None:
+                out.append(
+                    Message(self.name, parsed.id, parsed.attempt, Path(entry.path), parsed.lost)
+                )
         out.sort(key=lambda m: m.id)
         return out
 
@@ -214,7 +258,7 @@ class Topic:
         i = 0
         while i < len(order):
             msg = order[i]
-            target = self.dir("claimed") / f"{msg.id}~{msg.attempt}~{consumer}{SUFFIX}"
+            target = self.dir("claimed") / f"{msg.id}~{msg.tries}~{consumer}{SUFFIX}"
             try:
                 os.utime(msg.path)  # the lease starts now (rename keeps the mtime)
                 os.rename(msg.path, target)
@@ -224,7 +268,7 @@ class Topic:
                 order[i + 1 : i + 9] = rest
                 i += 1
                 continue  # another consumer won it
-            return Claim(self.name, msg.id, msg.attempt, target, consumer)
+            return Claim(self.name, msg.id, msg.attempt, target, msg.lost, consumer)
         return None
 
     def read(self, msg: Message) -> pl.DataFrame:
@@ -252,18 +296,24 @@ class Topic:
         return True
 
     def release(self, claim: Claim, reason: str, *, detail: str = "") -> str:
-        """Give a claim back after a failure: retry later, or dead-letter when out of attempts.
-
-        Returns "retry", "dead" or "lost" (the lease was lost meanwhile).
-        """
+        """Give a claim back after a failed attempt: retry later, or dead-letter when out of
+        attempts. Returns "retry", "dead" or "lost" (the lease was lost meanwhile)."""
         attempt = claim.attempt + 1
         if attempt >= self.settings.max_attempts:
             ok = self.dead_letter(
                 claim, f"failed {attempt} time(s); last error: {reason}", detail=detail
             )
             return "dead" if ok else "lost"
+        return self._back(claim, Message(self.name, claim.id, attempt, claim.path, claim.lost))
+
+    def defer(self, claim: Claim) -> str:
+        """Give a claim back untouched: the stage could not finish it for a reason outside the
+        batch (a full disk, a volume gone), so it counts as no attempt. "retry" or "lost"."""
+        return self._back(claim, claim)
+
+    def _back(self, claim: Claim, counts: Message) -> str:
         try:
-            os.rename(claim.path, self.dir("pending") / f"{claim.id}~{attempt}{SUFFIX}")
+            os.rename(claim.path, self.dir("pending") / f"{claim.id}~{counts.tries}{SUFFIX}")
         except FileNotFoundError:
             return "lost"
         return "retry"
@@ -275,6 +325,7 @@ class Topic:
             "topic": self.name,
             "id": msg.id,
             "attempts": msg.attempt + 1,
+            "lost_leases": msg.lost,
             "reason": reason,
             "detail": detail,
             "consumer": getattr(msg, "consumer", None),
@@ -284,7 +335,7 @@ class Topic:
             self.dir("dead") / f"{msg.id}{REASON_SUFFIX}", info, fsync=self.settings.fsync
         )
         try:
-            os.rename(msg.path, self.dir("dead") / f"{msg.id}~{msg.attempt}{SUFFIX}")
+            os.rename(msg.path, self.dir("dead") / f"{msg.id}~{msg.tries}{SUFFIX}")
         except FileNotFoundError:
             (self.dir("dead") / f"{msg.id}{REASON_SUFFIX}").unlink(missing_ok=True)
             return False
@@ -296,8 +347,17 @@ class Topic:
         out = []
         for entry in _scan(self.dir("claimed")):
             parsed = _parse(entry.name)
-            if parsed and parsed[2]:
-                out.append(Claim(self.name, parsed[0], parsed[1], Path(entry.path), parsed[2]))
+            if parsed and parsed.consumer:
+                out.append(
+                    Claim(
+                        self.name,
+                        parsed.id,
+                        parsed.attempt,
+                        Path(entry.path),
+                        parsed.lost,
+                        parsed.consumer,
+                    )
+                )
         return out
 
     @staticmethod
@@ -309,15 +369,52 @@ class Topic:
         return max(st.st_mtime, st.st_ctime)
 
     def reap(self, now: float | None = None) -> int:
-        """Return claims whose lease expired to pending (or dead/); how many were moved."""
+        """Return claims whose lease expired to pending with one more lost lease, or to dead/
+        when that makes max_lost_leases; how many were moved."""
         now = time.time() if now is None else now
         moved = 0
         for claim in self.claims():
             touched = self._touched(claim.path)
             if touched is None or now - touched <= self.settings.lease_s:
                 continue
-            outcome = self.release(claim, f"lease expired (consumer {claim.consumer} vanished)")
-            moved += outcome != "lost"
+            lost = claim.lost + 1
+            if lost >= self.settings.max_lost_leases:
+                ok = self.dead_letter(
+                    Message(self.name, claim.id, claim.attempt, claim.path, lost),
+                    f"lost {lost} lease(s): each holder vanished while processing it (last: "
+                    f"{claim.consumer}); a batch that kills its worker (out of memory?) is poison",
+                )
+                moved += ok
+                continue
+            counts = Message(self.name, claim.id, claim.attempt, claim.path, lost)
+            moved += self._back(claim, counts) != "lost"
+        return moved
+
+    def quarantine(self) -> int:
+        """Move files in pending/ that are no message of this protocol (a name not made by
+        make_id, e.g. dropped there by hand) to dead/, each with a reason; how many. Left in
+        pending/ they would be seen by no consumer and counted by no one."""
+        moved = 0
+        for entry in _scan(self.dir("pending")):
+            name = entry.name
+            if name.startswith(".") or _parse(name) is not None:
+                continue
+            info = {
+                "topic": self.name,
+                "id": name,
+                "reason": "not a message of this topic: its name is not "
+                "'<13-digit ms>-<producer>-<8-digit seq>~<tries>.parquet'",
+                "at": time.time(),
+            }
+            durable.write_json(
+                self.dir("dead") / f"{name}{REASON_SUFFIX}", info, fsync=self.settings.fsync
+            )
+            try:
+                os.rename(entry.path, self.dir("dead") / name)
+            except FileNotFoundError:
+                (self.dir("dead") / f"{name}{REASON_SUFFIX}").unlink(missing_ok=True)
+                continue
+            moved += 1
         return moved
 
     def expire_done(self, now: float | None = None) -> int:
@@ -341,14 +438,19 @@ class Topic:
             claimed=len(claims),
             expired=expired,
             done=sum(1 for e in _scan(self.dir("done")) if e.name.endswith(SUFFIX)),
-            dead=sum(1 for e in _scan(self.dir("dead")) if _parse(e.name)),
+            dead=sum(
+                1
+                for e in _scan(self.dir("dead"))
+                if not e.name.endswith(REASON_SUFFIX) and not e.name.startswith(".")
+            ),
         )
 
     # -- dead letters ------------------------------------------------------------------------
 
     def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter, with its reason; foreign files (see quarantine) by their name."""
         reasons: dict[str, dict[str, Any]] = {}
-        batches: dict[str, tuple[int, Path]] = {}
+        batches: dict[str, tuple[int, Path, bool]] = {}
         for entry in _scan(self.dir("dead")):
             if entry.name.endswith(REASON_SUFFIX):
                 try:
@@ -358,7 +460,9 @@ class Topic:
                 except (OSError, ValueError):
                     continue
             elif parsed := _parse(entry.name):
-                batches[parsed[0]] = (parsed[1], Path(entry.path))
+                batches[parsed.id] = (parsed.attempt, Path(entry.path), False)
+            elif not entry.name.startswith("."):
+                batches[entry.name] = (0, Path(entry.path), True)
         return [
             DeadLetter(
                 self.name,
@@ -366,8 +470,9 @@ class Topic:
                 attempt,
                 path,
                 reasons.get(msg_id, {"reason": "(no reason file)"}),
+                foreign,
             )
-            for msg_id, (attempt, path) in sorted(batches.items())
+            for msg_id, (attempt, path, foreign) in sorted(batches.items())
         ]
 
     def find_dead(self, msg_id: str) -> DeadLetter:
@@ -377,8 +482,14 @@ class Topic:
         raise KeyError(f"no dead letter {msg_id!r} in topic {self.name!r}")
 
     def requeue(self, msg_id: str) -> Path:
-        """Send a dead letter back to pending with a fresh attempt count."""
+        """Send a dead letter back to pending with fresh counts (ValueError for a foreign file:
+        it would only come back; inspect and purge it)."""
         dl = self.find_dead(msg_id)
+        if dl.foreign:
+            raise ValueError(
+                f"{msg_id!r} in {self.name} is not a message of this protocol; it cannot be "
+                "requeued (inspect it, then purge it)"
+            )
         assert dl.path is not None
         target = self.dir("pending") / f"{dl.id}~0{SUFFIX}"
         os.rename(dl.path, target)

@@ -13,6 +13,7 @@ Modes: ``once`` handles exactly one batch then exits; ``burst`` drains what is t
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -38,6 +39,16 @@ from fraudpipe.wake import Waker
 
 STATUS_EVERY_S = 1.0
 STATUS_STALE_S = 10.0
+# After a fault of the volume (ENOSPC, EIO, ...) a stage waits this long, doubling up to the max.
+ENV_BACKOFF_MIN_S = 0.5
+ENV_BACKOFF_MAX_S = 30.0
+
+
+def environment_fault(exc: OSError) -> str:
+    """An OSError in words an operator acts on: what failed, and the errno's name."""
+    name = errno.errorcode.get(exc.errno or 0, "OSError")
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{name}: {exc.strerror or exc}{where}"
 
 
 class Mode(StrEnum):
@@ -80,9 +91,25 @@ class Stage(ABC):
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.current: Claim | None = None  # the claim in hand, whose lease the worker renews
+        self.blocked: str | None = None  # the volume fault that holds this stage up, if any
+        self._backoff = 0.0
 
     @abstractmethod
     def step(self) -> Outcome: ...
+
+    def held_up(self, exc: OSError) -> Outcome:
+        """A step failed on the volume (ENOSPC, EIO, a stale NFS handle): say so, and wait
+        longer each time (up to ENV_BACKOFF_MAX_S) until a step goes through."""
+        self.blocked = environment_fault(exc)
+        self._backoff = min(ENV_BACKOFF_MAX_S, max(ENV_BACKOFF_MIN_S, self._backoff * 2))
+        self.ctx.log.warning("stage.held_up", reason=self.blocked, retry_in_s=self._backoff)
+        return Outcome(idle_for=self._backoff)
+
+    def went_through(self) -> None:
+        """A step did its work: whatever held the stage up is over."""
+        if self.blocked is not None:
+            self.ctx.log.info("stage.resumed", after=self.blocked)
+        self.blocked, self._backoff = None, 0.0
 
     def housekeeping(self) -> None:  # noqa: B027 - optional hook, most stages have none
         """Stage-specific retention, run now and then from the worker's background thread."""
@@ -133,25 +160,34 @@ class BatchStage(Stage):
         started = time.perf_counter()
         try:
             df = self.validate(topic.read(claim))
-        except (Unreadable, schema.SchemaMismatch) as exc:
-            # Deterministic: retrying cannot help. Dead-letter now, with the reason.
-            topic.dead_letter(claim, str(exc))
-            ctx.metrics.batches.labels(stage, "dead").inc()
-            ctx.log.warning("batch.dead", id=claim.id, topic=topic.name, reason=str(exc))
-            return Outcome(batches=1)
-        except FileNotFoundError:
-            ctx.metrics.lease_lost.labels(stage).inc()
-            ctx.log.warning("batch.lease_lost", id=claim.id, topic=topic.name)
-            return Outcome()
-        try:
             produced = self.transform(df, claim)
             for out_topic, out_df in produced.items():
                 ctx.queue.topic(out_topic).publish(claim.id, out_df)
+        except (Unreadable, schema.BadBatch) as exc:
+            # Deterministic: retrying cannot help. Dead-letter now, with the reason.
+            try:
+                topic.dead_letter(claim, str(exc))
+            except OSError as fault:  # no room even for the reason: try again later
+                return self._defer(topic, claim, fault)
+            ctx.metrics.batches.labels(stage, "dead").inc()
+            ctx.log.warning("batch.dead", id=claim.id, topic=topic.name, reason=str(exc))
+            return Outcome(batches=1)
+        except FileNotFoundError as exc:
+            if exc.filename is not None and Path(exc.filename) == claim.path:
+                ctx.metrics.lease_lost.labels(stage).inc()
+                ctx.log.warning("batch.lease_lost", id=claim.id, topic=topic.name)
+                return Outcome()
+            return self._defer(topic, claim, exc)
+        except OSError as exc:
+            return self._defer(topic, claim, exc)
         except Exception as exc:
             ctx.metrics.errors.labels(stage).inc()
-            outcome = topic.release(
-                claim, f"{type(exc).__name__}: {exc}", detail=traceback.format_exc()
-            )
+            try:
+                outcome = topic.release(
+                    claim, f"{type(exc).__name__}: {exc}", detail=traceback.format_exc()
+                )
+            except OSError as fault:
+                return self._defer(topic, claim, fault)
             ctx.metrics.batches.labels(stage, "dead" if outcome == "dead" else "failed").inc()
             ctx.log.error("batch.failed", exc_info=True, id=claim.id, outcome=outcome)
             return Outcome(batches=1)
@@ -169,6 +205,14 @@ class BatchStage(Stage):
         ctx.metrics.batch_seconds.labels(stage).observe(seconds)
         ctx.log.debug("batch.done", id=claim.id, rows=df.height, seconds=round(seconds, 4))
         return Outcome(rows=df.height, batches=1)
+
+    def _defer(self, topic: Topic, claim: Claim, exc: OSError) -> Outcome:
+        """The volume failed us (full, gone, read-only): not the batch's fault, so it goes
+        back untouched, and the stage waits longer each time until a batch goes through."""
+        outcome = topic.defer(claim)
+        self.ctx.metrics.batches.labels(self.name, "deferred").inc()
+        self.ctx.log.warning("batch.deferred", id=claim.id, topic=topic.name, outcome=outcome)
+        return self.held_up(exc)
 
 
 @dataclass
@@ -256,6 +300,8 @@ class Worker:
                 self.ctx.log.info("reaper.returned", topic=name, batches=moved)
         for name in set(self.stage.consumes + self.stage.produces):
             topic = queue.topic(name)
+            if topic.quarantine():
+                self.ctx.log.warning("queue.quarantined", topic=name)
             topic.expire_done()
             topic.clean_tmp()
             st = topic.stats()
@@ -280,6 +326,7 @@ class Worker:
             "current": self.stage.current.id if self.stage.current else None,
             "finished": self.finished,
             "metrics_port": self.port,
+            "blocked": self.stage.blocked,
             **self.stage.status(),
         }
         durable.write_json(self._status_path, doc, fsync=False)
@@ -318,7 +365,10 @@ class Worker:
         try:
             while not self.stop.is_set():
                 self.health.tick()
-                outcome = self.stage.step()
+                try:
+                    outcome = self.stage.step()
+                except OSError as exc:  # the volume, not the work: wait, never crash-loop
+                    outcome = self.stage.held_up(exc)
                 self.totals["rows"] += outcome.rows
                 self.totals["batches"] += outcome.batches
                 if self.mode is Mode.ONCE and outcome.batches:
@@ -328,6 +378,7 @@ class Worker:
                     if self.mode is not Mode.FOREVER:
                         break
                 if outcome.batches:
+                    self.stage.went_through()
                     poll = s.queue.poll_min_s
                     continue
                 if self.mode is Mode.BURST and outcome.idle_for is None:
