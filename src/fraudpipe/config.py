@@ -37,7 +37,16 @@ class _Section(BaseModel):
 class QueueSettings(_Section):
     lease_s: float = Field(30.0, gt=0, description="Seconds a claim stays valid without renewal.")
     max_attempts: int = Field(
-        3, ge=1, description="Failed attempts before a batch moves to dead letters."
+        3,
+        ge=1,
+        description="Failed attempts (the stage raised an error on the batch) before a batch "
+        "moves to dead letters.",
+    )
+    max_lost_leases: int = Field(
+        10,
+        ge=1,
+        description="Leases lost (the holder was killed, stopped or cut off before finishing) "
+        "before a batch moves to dead letters as one that kills its workers.",
     )
     max_backlog: int = Field(
         64, ge=1, description="Pending batches in an output topic above which producers wait."
@@ -144,7 +153,12 @@ class GatherSettings(_Section):
         None, ge=1, description="Stop after this many simulated days (None: run forever)."
     )
     log_retention_days: int = Field(
-        60, ge=1, description="Simulated days of transaction/label log kept under state/log."
+        60,
+        ge=1,
+        description="Simulated days of transaction/label log (state/log) kept behind the "
+        "oldest raw batch not yet processed (or gather's position, if older): the history "
+        "preprocess still needs. At least the features' lookback (terminal_delay_days + the "
+        "longest window) plus a day.",
     )
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)  # type: ignore[arg-type]
     replay: ReplaySettings = Field(default_factory=ReplaySettings)  # type: ignore[arg-type]
@@ -298,6 +312,18 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)  # type: ignore[arg-type]
     log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
 
+    @model_validator(mode="after")
+    def _log_covers_lookback(self) -> Settings:
+        f = self.features
+        need = f.terminal_delay_days + max(f.windows_days, default=0) + 1
+        if self.gather.log_retention_days < need:
+            raise ValueError(
+                f"gather.log_retention_days ({self.gather.log_retention_days}) must be at least "
+                f"{need}: the features look {need - 1} days back (features.terminal_delay_days "
+                "+ the longest of features.windows_days), and a day more is kept"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -321,6 +347,9 @@ def _explain(err: ValidationError, config_file: Path | None) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; `fraudpipe config` lists every field)"
+        if not e["loc"]:  # a rule across sections: its message names the fields
+            lines.append(f"  {msg.removeprefix('Value error, ')}")
+            continue
         env = "FRAUDPIPE_" + "__".join(str(p).upper() for p in e["loc"])
         lines.append(f"  {field} = {shown}: {msg}  [env {env}]")
     if config_file is not None:

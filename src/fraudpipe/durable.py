@@ -61,11 +61,17 @@ def write_bytes(
 
 
 def write_parquet(
-    final: Path, df: pl.DataFrame, *, tmp_dir: Path | None = None, fsync: bool = True
+    final: Path,
+    df: pl.DataFrame,
+    *,
+    tmp_dir: Path | None = None,
+    fsync: bool = True,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write df as Parquet to final atomically (replacing any previous file of that name)."""
+    """Write df as Parquet to final atomically (replacing any previous file of that name),
+    with metadata as the file's key-value metadata."""
     with _atomic(final, tmp_dir, fsync) as fh:
-        df.write_parquet(fh, compression="lz4", statistics=False)
+        df.write_parquet(fh, compression="lz4", statistics=False, metadata=metadata)
     return final
 
 

@@ -39,24 +39,21 @@ Then fraudpipe's own (``cfg.extended``), with W the longest window:
 Everything is counted with sorted arrays and binary searches over int64 (key, time) codes,
 never per row, and amounts are summed in integer cents (amounts count to the cent). So a
 feature does not depend on which older rows the history happens to hold:
-:func:`compute_features` over the whole history and :class:`StreamingFeatures` over one batch
-and its slice of the event log agree to the bit.
+:func:`compute_features` over the whole history and :class:`fraudpipe.history.StreamingFeatures`
+over one batch and its slice of the event log agree to the bit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
 from fraudpipe.config import FeatureSettings
-from fraudpipe.eventlog import EventLog, Kind, parse_day_dir
-from fraudpipe.schema import LABELS, TRANSACTIONS, check
+from fraudpipe.schema import LABELS, MAX_AMOUNT, TRANSACTIONS, BadBatch, check
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -104,21 +101,29 @@ def lookback(cfg: FeatureSettings) -> dt.timedelta:
     return dt.timedelta(days=cfg.terminal_delay_days + max(_windows(cfg)))
 
 
-def _output_schema(cfg: FeatureSettings) -> dict[str, pl.DataType]:
+def output_schema(cfg: FeatureSettings) -> dict[str, pl.DataType]:
+    """The columns of a features batch: the transaction's, then every feature."""
     extra = [n for n in feature_names(cfg) if n not in TRANSACTIONS]  # `amount` is there already
     return {**TRANSACTIONS, **{n: pl.Float64() for n in extra}}
 
 
-def _valid(tx: pl.DataFrame, what: str) -> pl.DataFrame:
-    """tx as TRANSACTIONS columns; raise ValueError on nulls, non-finite amounts, repeated ids."""
+def valid_transactions(tx: pl.DataFrame, what: str) -> pl.DataFrame:
+    """tx as TRANSACTIONS columns; BadBatch on nulls, repeated ids, or an amount outside
+    [0, MAX_AMOUNT] (so that integer-cent sums stay exact), naming a row that breaks it."""
     tx = check(tx, TRANSACTIONS, what)
     nulls = [c for c, n in tx.drop("created_at").null_count().row(0, named=True).items() if n]
     if nulls:
-        raise ValueError(f"{what}: null values in {nulls}")
-    if not tx["amount"].is_finite().all():
-        raise ValueError(f"{what}: amount must be finite")
+        raise BadBatch(f"{what}: null values in {nulls}")
+    amount = tx["amount"]
+    bad = ~amount.is_between(0.0, MAX_AMOUNT).fill_null(False)  # NaN and inf are outside too
+    if bad.any():
+        row = tx.filter(bad).row(0, named=True)
+        raise BadBatch(
+            f"{what}: amount must be a number from 0 to {MAX_AMOUNT:g}; {int(bad.sum())} row(s) "
+            f"are not, e.g. transaction {row['transaction_id']} with amount {row['amount']!r}"
+        )
     if tx["transaction_id"].n_unique() != tx.height:
-        raise ValueError(f"{what}: transaction_id must be unique")
+        raise BadBatch(f"{what}: transaction_id must be unique")
     return tx
 
 
@@ -135,7 +140,7 @@ def compute_features(
     counts as fraud from its first fraud label). Returns the TRANSACTIONS columns followed by
     the features, in the order of tx, or of query_ids when given.
     """
-    tx = _valid(tx, "transactions")
+    tx = valid_transactions(tx, "transactions")
     labels = check(labels, LABELS, "labels")
     if query_ids is None:
         rows = np.arange(tx.height, dtype=np.int64)
@@ -154,15 +159,16 @@ def compute_features(
             raise ValueError(f"compute_features: {found.null_count()} query id(s) not in tx")
         rows = found.cast(pl.Int64).to_numpy()
     frauds = labels.filter(pl.col("is_fraud") == 1).select("transaction_id", "label_ts")
-    return _compute(tx, frauds, cfg, rows)
+    return compute_rows(tx, frauds, cfg, rows)
 
 
-def _compute(
+def compute_rows(
     tx: pl.DataFrame, frauds: pl.DataFrame, cfg: FeatureSettings, rows: I64
 ) -> pl.DataFrame:
-    """Features of tx[rows]; frauds holds (transaction_id, label_ts) of fraud labels."""
+    """Features of tx[rows], tx being valid_transactions; frauds holds (transaction_id,
+    label_ts) of fraud labels."""
     if rows.size == 0:
-        return pl.DataFrame(schema=_output_schema(cfg))
+        return pl.DataFrame(schema=output_schema(cfg))
     ws = _windows(cfg)
     delay = cfg.terminal_delay_days * _DAY_US
     ts = tx["ts"].to_physical().to_numpy()
@@ -457,113 +463,3 @@ def _first_at_most(levels: list[I64], a: I64, b: I64, limit: I64) -> I64:
         at = np.minimum(pos, len(level) - 1)
         pos = np.where(fits & (level[at] > limit), pos + step, pos)
     return pos
-
-
-@dataclass
-class _Part:
-    """One log file's rows held in memory: exactly its rows with time > kept_from."""
-
-    rows: pl.DataFrame
-    kept_from: int
-    last: int  # the file's latest time (-1 when no row was kept)
-
-
-class _LogCache:
-    """Rows of one event-log kind, held in memory file by file over a sliding time window."""
-
-    def __init__(
-        self,
-        log: EventLog,
-        kind: Kind,
-        columns: dict[str, pl.DataType],
-        time_col: str,
-        keep: pl.Expr | None = None,
-    ) -> None:
-        self._log = log
-        self._kind: Kind = kind
-        self._file_schema = TRANSACTIONS if kind == "transactions" else LABELS
-        self._columns = columns
-        self._time = time_col
-        self._keep = keep
-        self._parts: dict[Path, _Part] = {}
-
-    def rows(self, lo: int, last_day: dt.date) -> pl.DataFrame:
-        """The held rows (every row with time > lo) of the files up to last_day's partition.
-
-        A file is read once, and again only if a window older than its kept rows needs it.
-        Rows newer than the caller's batch may come along (gather runs ahead); they are inert.
-        """
-        paths = self._log.files(self._kind, dt.date.min, last_day)
-        listed = set(paths)
-        for path in [p for p in self._parts if p not in listed]:
-            day = parse_day_dir(path.parent.name)
-            if day is not None and day <= last_day:  # pruned by gather
-                del self._parts[path]
-        frames = []
-        for path in paths:
-            part = self._parts.get(path)
-            if part is None or (lo < part.kept_from and part.last > lo):
-                part = self._read(path, lo)
-                if part is None:
-                    continue
-                self._parts[path] = part
-            if part.rows.height:
-                frames.append(part.rows)
-        return pl.concat(frames) if frames else pl.DataFrame(schema=self._columns)
-
-    def _read(self, path: Path, lo: int) -> _Part | None:
-        try:
-            df = check(pl.read_parquet(path), self._file_schema, str(path))
-        except FileNotFoundError:  # pruned since it was listed: older than any window
-            return None
-        if self._keep is not None:
-            df = df.filter(self._keep)
-        df = df.select(list(self._columns))
-        times = df[self._time].to_physical().to_numpy()
-        last = int(times.max()) if times.size else -1
-        return _Part(df.filter(pl.Series(times > lo)), lo, last)
-
-    def evict(self, lo: int) -> None:
-        """Drop held rows with time <= lo."""
-        for part in self._parts.values():
-            if part.kept_from < lo:
-                if part.rows.height:
-                    part.rows = part.rows.filter(pl.col(self._time).to_physical() > lo)
-                part.kept_from = lo
-
-
-class StreamingFeatures:
-    """Features of one raw-transactions batch, with its history read from the event log.
-
-    History comes from the log, not from the batches this replica happened to see, so every
-    replica computes the same features for a batch, in any order and again after a crash:
-    :func:`compute_features` over the whole log, restricted to the batch. Log files are cached
-    by path; rows older than the current batch's lookback are evicted after each batch and
-    reloaded if an older batch comes later. Only fraud labels are kept (the others never count);
-    a label is assumed never to precede its transaction, so labels are evicted by label_ts.
-    """
-
-    def __init__(self, log: EventLog, cfg: FeatureSettings) -> None:
-        self._cfg = cfg
-        self._lookback_us = lookback(cfg) // dt.timedelta(microseconds=1)
-        self._tx = _LogCache(log, "transactions", TRANSACTIONS, "ts")
-        frauds = {"transaction_id": pl.Int64(), "label_ts": LABELS["label_ts"]}
-        self._frauds = _LogCache(log, "labels", frauds, "label_ts", pl.col("is_fraud") == 1)
-
-    def compute(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """The batch's rows, in order, with their features."""
-        batch = _valid(batch, "raw-transactions batch")
-        if batch.is_empty():
-            return pl.DataFrame(schema=_output_schema(self._cfg))
-        ts = batch["ts"].to_physical().to_numpy()
-        lo = int(ts.min()) - self._lookback_us
-        last_day = (_EPOCH + dt.timedelta(microseconds=int(ts.max()))).date()
-        ids = batch["transaction_id"].implode()
-        hist = self._tx.rows(lo, last_day).filter(~pl.col("transaction_id").is_in(ids))
-        if hist["transaction_id"].n_unique() != hist.height:  # a batch logged twice
-            hist = hist.unique("transaction_id", keep="first")
-        frauds = self._frauds.rows(lo, last_day)
-        out = _compute(pl.concat([batch, hist]), frauds, self._cfg, np.arange(batch.height))
-        self._tx.evict(lo)
-        self._frauds.evict(lo)
-        return out

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from fraudpipe.config import ReplaySettings
-from fraudpipe.schema import TS
+from fraudpipe.schema import MAX_AMOUNT, TS
 from fraudpipe.simulate import DAY_US, SOURCE_COLUMNS
 
 OUR_COLUMNS = ("transaction_id", "ts", "customer_id", "terminal_id", "amount", "is_fraud")
@@ -27,6 +27,9 @@ HANDBOOK_COLUMNS = {
     "is_fraud": "TX_FRAUD",
 }
 _OPTIONAL = ("transaction_id", "is_fraud")
+# Times a replayed transaction may have: a stream of card payments lies within these.
+EARLIEST_TS = dt.datetime(1970, 1, 1)
+LATEST_TS = dt.datetime(2200, 1, 1)
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
@@ -84,13 +87,23 @@ def _resolve(columns: list[str], mapping: dict[str, str], path: Path) -> dict[st
     return found
 
 
+_SHOWN_CHARS = 60  # of an offending value, in a message
+
+
 def _fail(path: Path, s: pl.Series, ours: str, expected: str, bad: pl.Series) -> ReplayError:
-    """An error naming the column, what it should hold, and an offending value."""
-    example = s.filter(bad).head(1).item()
-    shown = "e.g. an empty value" if example is None else f"e.g. {example!r}"
+    """An error naming the column, what it should hold, and the first offending row and value
+    (a long value cut short: a message is read on a terminal and kept in logs)."""
+    row = int(bad.arg_true()[0])
+    example = s[row]
+    if example is None:
+        shown = "an empty value"
+    else:
+        shown = repr(example)
+        if len(shown) > _SHOWN_CHARS:
+            shown = f"{shown[:_SHOWN_CHARS]}... ({len(shown):,} characters)"
     return ReplayError(
         f"replay file {path}: column {s.name!r} ({ours}) must hold {expected}; "
-        f"{int(bad.sum())} row(s) do not, {shown}"
+        f"{int(bad.sum())} row(s) do not, the first at row {row + 1} with {shown}"
     )
 
 
@@ -180,6 +193,22 @@ def load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
     for ours, s in cols.items():
         if ours != "is_fraud" and s.null_count():
             raise _fail(path, raw[names[ours]], ours, "a value in every row", s.is_null())
+    out_of_range = ~cols["ts"].is_between(EARLIEST_TS, LATEST_TS, closed="left")
+    if out_of_range.any():
+        raise _fail(
+            path,
+            raw[names["ts"]],
+            "ts",
+            f"times from {EARLIEST_TS:%Y-%m-%d} to before {LATEST_TS:%Y-%m-%d} (a placeholder "
+            "such as 9999-12-31 is no time: drop or fix those rows)",
+            out_of_range,
+        )
+    amounts = cols["amount"]
+    bad_amount = ~amounts.is_between(0.0, MAX_AMOUNT).fill_null(True)  # NaN and inf too
+    if bad_amount.any():
+        raise _fail(
+            path, raw[names["amount"]], "amount", f"amounts from 0 to {MAX_AMOUNT:g}", bad_amount
+        )
     if "is_fraud" in cols:
         _only(path, raw[names["is_fraud"]], cols["is_fraud"], "is_fraud", [0, 1])
     else:
@@ -215,7 +244,8 @@ class ReplaySource:
     """A user's transactions, served one calendar day (UTC) at a time from the earliest.
 
     ``data`` holds every row (sorted), ``n_days`` the number of days from ``start_date`` to
-    the last transaction, empty days included.
+    the last transaction, empty days included. Only the days that have rows are indexed, so a
+    stream with long gaps costs nothing for them (``next_day`` skips them).
     """
 
     def __init__(self, cfg: ReplaySettings, label_delay_days: float) -> None:
@@ -226,8 +256,9 @@ class ReplaySource:
         first_day = int(ts_us[0] // DAY_US)
         self.start_date: dt.date = dt.date(1970, 1, 1) + dt.timedelta(days=first_day)
         self.n_days = int(ts_us[-1] // DAY_US) - first_day + 1
-        starts = (first_day + np.arange(self.n_days + 1, dtype=np.int64)) * DAY_US
-        self._bounds = np.searchsorted(ts_us, starts, side="left")
+        days, starts = np.unique(ts_us // DAY_US - first_day, return_index=True)
+        self._days = days.astype(np.int64)  # the days that have rows, ascending
+        self._bounds = np.append(starts, len(ts_us))  # rows of _days[i]: bounds[i]..bounds[i+1]
 
     def day(self, d: int) -> pl.DataFrame | None:
         """Rows of day d (0 = start_date), sorted by (ts, id); None once past the last day."""
@@ -235,5 +266,13 @@ class ReplaySource:
             raise ValueError(f"replay day must be >= 0, got {d}")
         if d >= self.n_days:
             return None
-        lo, hi = int(self._bounds[d]), int(self._bounds[d + 1])
+        i = int(np.searchsorted(self._days, d))
+        if self._days[i] != d:
+            return self.data.clear()
+        lo, hi = int(self._bounds[i]), int(self._bounds[i + 1])
         return self.data.slice(lo, hi - lo)
+
+    def next_day(self, d: int) -> int | None:
+        """The first day >= d that has rows; None when no day after d has any."""
+        i = int(np.searchsorted(self._days, d))
+        return int(self._days[i]) if i < len(self._days) else None

@@ -9,6 +9,10 @@ _Nested = pl.DataType | DataTypeClass  # a member of a List or Struct
 
 TS = pl.Datetime("us")  # simulated/event time, naive UTC
 
+# The largest transaction amount accepted. Amounts are summed in integer cents (int64), so
+# sums over any history stay exact up to about 90 million transactions of this amount.
+MAX_AMOUNT = 1e9
+
 TRANSACTIONS: dict[str, pl.DataType] = {
     "transaction_id": pl.Int64(),
     "ts": TS,
@@ -47,7 +51,11 @@ RESULTS: dict[str, pl.DataType] = {
 }
 
 
-class SchemaMismatch(ValueError):
+class BadBatch(ValueError):
+    """A batch that no retry can help: it goes to dead letters at once, with this reason."""
+
+
+class SchemaMismatch(BadBatch):
     """A batch does not carry the columns (or types) its topic promises."""
 
 

@@ -203,6 +203,10 @@ class Simulator:
             c.customer_compromise_days,
         )
 
+    def next_day(self, d: int) -> int:
+        """The first day >= d that may have rows: every simulated day may."""
+        return d
+
     def day(self, d: int) -> pl.DataFrame:
         """Every transaction of simulated day d (0 = start_date), sorted by (ts, id)."""
         _check_day(d)

@@ -5,9 +5,15 @@ often it is produced, so a gather restarted after a crash re-emits at most the b
 writing, under the same name, and the queue dedupes it. Its position lives in a checkpoint
 written after each batch is published.
 
-Per batch, in this order (each step idempotent): write the transactions to the event log, write
-the labels that became due (label_ts <= the batch's last ts) to the log and the labels topic,
-publish the transactions to raw-transactions, save the checkpoint.
+Per batch, in this order (each step idempotent): append the batch to the event log (its
+transactions, the labels that became due, label_ts <= the batch's last ts, and the id of the
+batch before it), publish those labels to the labels topic and the transactions to
+raw-transactions, save the checkpoint.
+
+The log is pruned behind the slowest consumer that still needs it, not behind gather: history
+is kept for ``log_retention_days`` before the oldest raw batch not yet processed (or gather's
+own position, if that is older), so a lagging or stopped preprocess finds all of its history
+when it resumes.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +41,11 @@ class Source(Protocol):
     start_date: dt.date
 
     def day(self, d: int) -> pl.DataFrame | None: ...
+
+    def next_day(self, d: int) -> int | None: ...
+
+
+_EPOCH = dt.datetime(1970, 1, 1)
 
 
 def _ms(ts: dt.datetime) -> int:
@@ -90,6 +102,10 @@ class Gather(Stage):
         self.offset: int = ck["offset"]
         self.seq: int = ck["seq"]
         self.rows_emitted: int = ck["rows"]
+        self.last_id: str | None = ck["last_id"]
+        # The batch after the checkpoint may have been logged and published before a crash:
+        # it is emitted again with the size it had then, so it is the same rows again.
+        self.next_rows: int = ck["next_rows"] or self.rows_per_batch
         wm = ck["label_watermark"]
         # The simulated clock: last ts emitted; every label with label_ts <= it is published.
         self.watermark: dt.datetime | None = dt.datetime.fromisoformat(wm) if wm else None
@@ -103,7 +119,15 @@ class Gather(Stage):
     # -- position ----------------------------------------------------------------------------
 
     def _load_checkpoint(self, identity: dict[str, Any]) -> dict[str, Any]:
-        fresh = {"day": 0, "offset": 0, "seq": 0, "rows": 0, "label_watermark": None}
+        fresh = {
+            "day": 0,
+            "offset": 0,
+            "seq": 0,
+            "rows": 0,
+            "label_watermark": None,
+            "last_id": None,
+            "next_rows": None,
+        }
         if not self.ckpt_path.exists():
             return fresh
         ck = json.loads(self.ckpt_path.read_text())
@@ -113,7 +137,12 @@ class Gather(Stage):
                 f"({ck.get('identity')}); use a fresh --data-dir, or delete "
                 f"{self.ckpt_path} to start this source over in the same folder"
             )
-        return {k: ck[k] for k in fresh}
+        if ck["seq"] and "last_id" not in ck:
+            raise StageError(
+                f"{self.ckpt_path} was written by an older fraudpipe, whose event log does not "
+                "link its batches; use a fresh --data-dir"
+            )
+        return {k: ck.get(k, v) for k, v in fresh.items()}
 
     def _save_checkpoint(self) -> None:
         durable.write_json(
@@ -125,6 +154,8 @@ class Gather(Stage):
                 "seq": self.seq,
                 "rows": self.rows_emitted,
                 "label_watermark": self.watermark.isoformat() if self.watermark else None,
+                "last_id": self.last_id,
+                "next_rows": self.rows_per_batch,
                 "at": time.time(),
             },
             fsync=self.ctx.settings.queue.fsync,
@@ -143,21 +174,30 @@ class Gather(Stage):
     def _day_index(self, ts: dt.datetime) -> int:
         return (ts.date() - self.source.start_date).days
 
+    def _days_from(self, day: int) -> Iterator[tuple[int, pl.DataFrame]]:
+        """The days from `day` on that have rows, with their rows (empty days are skipped
+        without being built: a replay may have gaps of years)."""
+        while (at := self.source.next_day(day)) is not None:
+            frame = self._day(at)
+            if frame is None:
+                return
+            yield at, frame
+            day = at + 1
+
     def _take(self, n: int) -> tuple[pl.DataFrame | None, int, int]:
         """Up to n next rows of the stream, and the cursor after them (not yet committed)."""
         day, offset, parts, need = self.day_idx, self.offset, [], n
-        while need > 0:
-            frame = self._day(day)
-            if frame is None:
-                break
+        for at, frame in self._days_from(day):
+            if at != day:
+                day, offset = at, 0
             chunk = frame.slice(offset, need)
-            if chunk.height:
-                parts.append(chunk)
-                need -= chunk.height
-                offset += chunk.height
-            if offset >= frame.height:
-                day, offset = day + 1, 0
-        if not parts:
+            parts.append(chunk)
+            need -= chunk.height
+            offset += chunk.height
+            if need == 0:
+                break
+            day, offset = at + 1, 0
+        if not parts or not sum(p.height for p in parts):
             return None, day, offset
         return pl.concat(parts), day, offset
 
@@ -165,7 +205,11 @@ class Gather(Stage):
         """Labels with watermark < label_ts <= until (they 'arrive' as the clock passes them)."""
         lo = 0 if self.watermark is None else max(0, self._day_index(self.watermark - self.delay))
         hi = self._day_index(until - self.delay)
-        frames = [f for d in range(lo, hi + 1) if (f := self._day(d)) is not None]
+        frames = []
+        for at, frame in self._days_from(lo):
+            if at > hi:
+                break
+            frames.append(frame)
         if not frames:
             return pl.DataFrame(schema={**schema.LABELS, "fraud_scenario": pl.Int8()})
         cond = pl.col("label_ts") <= until
@@ -197,7 +241,7 @@ class Gather(Stage):
                 self.ctx.settings.queue.poll_max_s
             )
             return Outcome(idle_for=self.ctx.settings.queue.poll_max_s)
-        batch, day, offset = self._take(self.rows_per_batch)
+        batch, day, offset = self._take(self.next_rows)
         if batch is None:
             self.finished = True
             self.ctx.log.info("gather.source_exhausted", batches=self.seq)
@@ -211,13 +255,13 @@ class Gather(Stage):
         created = wall - (n - 1 - np.arange(n)) / rate
         tx = batch.with_columns(created_at=pl.Series(created)).select(list(schema.TRANSACTIONS))
         labels = self._labels_due(last)
-        self.eventlog.write("transactions", msg_id, tx, first.date())
+        self.eventlog.append(msg_id, self.last_id, tx, labels)
         if labels.height:
-            self.eventlog.write("labels", msg_id, labels, labels["label_ts"][0].date())
             self.labels.publish(msg_id, labels.select(list(schema.LABELS)))
         self.raw.publish(msg_id, tx)
         self.day_idx, self.offset, self.seq, self.watermark = day, offset, self.seq + 1, last
         self.rows_emitted += n
+        self.last_id, self.next_rows = msg_id, self.rows_per_batch
         self._save_checkpoint()
         if paced:
             # A rate set from the dashboard changes the pace, never the batch contents: batch
@@ -230,9 +274,15 @@ class Gather(Stage):
         if self.watermark is None or time.monotonic() - self._last_prune < 30:
             return
         self._last_prune = time.monotonic()
-        keep_from = self.watermark.date() - dt.timedelta(days=self.cfg.log_retention_days)
-        self.eventlog.prune("transactions", keep_from)
-        self.eventlog.prune("labels", keep_from)
+        behind = self.raw.oldest_ms()
+        position = self.watermark
+        if behind is not None:
+            position = min(position, _EPOCH + dt.timedelta(milliseconds=behind))
+        removed = self.eventlog.prune(
+            position.date() - dt.timedelta(days=self.cfg.log_retention_days)
+        )
+        if removed:
+            self.ctx.log.info("eventlog.pruned", partitions=removed, behind=position.isoformat())
 
     def status(self) -> dict[str, Any]:
         asked = self.control.current

@@ -1,8 +1,9 @@
 """preprocess: raw-transactions -> features-ready, with history from the event log.
 
 Features of a batch depend on every earlier transaction of the same customer and terminal,
-whichever replica saw them; the history comes from the log gather wrote before publishing, so
-any number of replicas, in any order, compute exactly what one pass over the history would.
+whichever replica saw them; the history comes from the log gather wrote before publishing
+(history.py), so any number of replicas, in any order, compute exactly what one pass over the
+history would, or refuse the batch, with the reason, when that log does not hold it whole.
 Each feature batch is also kept in the feature store (state/features/) for training: the model
 learns from the very values inference sees.
 """
@@ -16,7 +17,7 @@ import polars as pl
 
 from fraudpipe import durable, schema
 from fraudpipe.eventlog import EventLog, day_dir_name, prune_days
-from fraudpipe.features import StreamingFeatures
+from fraudpipe.history import StreamingFeatures
 from fraudpipe.layout import FEATURES, RAW
 from fraudpipe.queue import Claim
 from fraudpipe.registry import ModelRegistry
@@ -46,7 +47,7 @@ class Preprocess(BatchStage):
         return super().over_backlog() and self.registry.current() is not None
 
     def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
-        feats = self.features.compute(df)
+        feats = self.features.compute(df, claim.id)
         day = df["ts"].min().date()  # type: ignore[union-attr]
         durable.write_parquet(
             self.store / day_dir_name(day) / f"{claim.id}.parquet",
