@@ -188,6 +188,26 @@ BASE: dict[str, Any] = {
         ({"fraud_scenario": [0, "two"]}, {}, r"'fraud_scenario' .*must hold integers.*'two'"),
         ({"transaction_id": [5, 5]}, {}, r"must hold unique ids"),
         ({"ts": [dt.time(1), dt.time(2)]}, {}, r"must hold date-times.*its type is Time"),
+        (
+            {"ts": ["2024-01-01 00:00:00", "9999-12-31 00:00:00"]},
+            {},
+            r"'ts' \(ts\) must hold times from 1970-01-01 to before 2200-01-01 \(a placeholder"
+            r".*1 row\(s\) do not, the first at row 2 with '9999-12-31 00:00:00'",
+        ),
+        ({"ts": ["1900-01-01", "2024-01-01"]}, {}, r"must hold times from 1970.*at row 1 with"),
+        (
+            {"amount": [float("inf"), 2.0]},
+            {},
+            r"must hold amounts from 0 to 1e\+09.*row 1 with inf",
+        ),
+        ({"amount": [1.0, -5.0]}, {}, r"must hold amounts from 0 to 1e\+09.*row 2 with -5.0"),
+        ({"amount": [1e300, 2.0]}, {}, r"must hold amounts from 0 to 1e\+09.*row 1 with 1e\+300"),
+        (
+            {"customer_id": ["C" * 10_000_000, "C2"]},
+            {},
+            r"must hold integers; 2 row\(s\) do not, the first at row 1 with 'CCC+\.\.\. "
+            r"\(10,000,002 characters\)$",
+        ),
     ],
 )
 def test_bad_files_are_refused_with_the_column_named(

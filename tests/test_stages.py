@@ -10,6 +10,7 @@ import pytest
 
 from fraudpipe.config import load_settings
 from fraudpipe.layout import FEATURES, RAW, RESULTS
+from fraudpipe.replay import ReplaySource
 from fraudpipe.worker import BatchStage, Mode, Worker
 from tests.conftest import fraudpipe
 from tests.pipeline import assert_exactly_once, queue_states, run_stage, small_config
@@ -147,3 +148,42 @@ def test_preprocess_passes_the_features_bound_only_until_the_first_model(tmp_pat
     run_stage("train", "--once", data, cfg)
     assert (data / "models" / "current").exists()
     assert preprocess.over_backlog(), "a model exists: preprocess waits at the bound"
+
+
+def test_gather_builds_only_the_days_that_have_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay may have gaps of years (a stray year-9999 row once made gather build millions
+    of empty days, 15 GB): the days between rows are skipped, never built."""
+    when = ["2024-01-01 10:00:00", "2024-01-01 11:00:00", "2034-01-01 09:00:00"]
+    path = tmp_path / "gap.csv"
+    pl.DataFrame(
+        {
+            "ts": when,
+            "customer_id": [1, 2, 1],
+            "terminal_id": [5, 5, 6],
+            "amount": [10.0, 20.0, 30.0],
+            "is_fraud": [0, 1, 0],
+        }
+    ).write_csv(path)
+    built: list[int] = []
+    real = ReplaySource.day
+
+    def counting(self: ReplaySource, d: int) -> pl.DataFrame | None:
+        built.append(d)
+        return real(self, d)
+
+    monkeypatch.setattr(ReplaySource, "day", counting)
+    settings = load_settings(
+        None,
+        {
+            "data_dir": tmp_path / "data",
+            "gather": {"source": "replay", "replay": {"path": path}, "max_batch_rows": 2},
+            "queue": {"fsync": False},
+            "metrics": {"port": 0},
+        },
+    )
+    Worker(settings, "gather", "cpu", Mode.BURST).run()
+    sent = pl.concat(pl.read_parquet(p) for p in pending(tmp_path / "data", RAW))
+    assert sent["amount"].to_list() == [10.0, 20.0, 30.0]
+    assert set(built) == {0, 3653}, sorted(set(built))
