@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -13,9 +14,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
+from fraudpipe.config import load_settings
 from fraudpipe.layout import FEATURES, RAW, TOPICS
 from fraudpipe.worker import read_status
+from tests.audit import audit, offline_features
+from tests.conftest import fraudpipe
 from tests.pipeline import assert_exactly_once, queue_states, small_config
 
 pytestmark = pytest.mark.slow
@@ -154,3 +159,58 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     states = queue_states(data, cfg)
     assert all(states[t]["claimed"] == 0 for t in TOPICS), states
     assert all(states[t]["dead"] == 0 for t in TOPICS), states
+
+
+def test_a_stalled_preprocess_finds_its_whole_history(tmp_path: Path) -> None:
+    """preprocess needs 37 simulated days of history behind the batch it is at. Stall it
+    (SIGSTOP) while gather streams on, far past where its own position would have pruned the
+    log, then let it go: every feature row must equal the offline features of the whole file,
+    every score a fresh scoring of those, every transaction exactly once."""
+    replay = tmp_path / "tx.parquet"
+    world = tmp_path / "world.yaml"
+    world.write_text(
+        yaml.safe_dump({"gather": {"simulator": {"n_customers": 2000, "n_terminals": 4000}}})
+    )
+    fraudpipe(
+        "simulate", "--days", "120", "--output", str(replay), "--config", str(world), check=True
+    )
+    cfg = small_config(
+        tmp_path,
+        rate=40000,
+        gather={"source": "replay", "replay": {"path": str(replay)}, "days": None},
+        features={"store_retention_days": 1000},
+    )
+    data = tmp_path / "data"
+    proc = start_run(data, cfg, "--no-dashboard")
+    try:
+
+        def preprocessing() -> list[dict[str, object]]:
+            return [w for w in read_status(data / "status") if w["stage"] == "preprocess"]
+
+        wait_for(lambda: len(preprocessing()) == 2, 120)
+        stalled = preprocessing()
+        for w in stalled:
+            os.kill(int(w["pid"]), signal.SIGSTOP)  # at most a few batches in
+        stopped_at = time.time()
+
+        def gather_done_and_pruned() -> bool:
+            g = [w for w in read_status(data / "status") if w["stage"] == "gather"]
+            # finished, and a housekeeping pass (a retention line drawn) since
+            return bool(g) and g[0]["finished"] and g[0]["heartbeat_at"] > stopped_at + 5
+
+        wait_for(gather_done_and_pruned, 240)
+        ahead = json.loads((data / "state" / "gather" / "checkpoint.json").read_text())
+        assert ahead["label_watermark"] >= "2018-07-20", ahead  # > 60 days past the stall
+        assert queue_states(data, cfg)[RAW]["pending"] >= 40
+        for w in stalled:
+            os.kill(int(w["pid"]), signal.SIGCONT)
+        summary = finish(proc, 400)
+    finally:
+        for w in read_status(data / "status"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(w["pid"]), signal.SIGCONT)
+        proc.kill()
+    settings = load_settings(cfg, {"data_dir": data})
+    report = audit(settings, offline_features(replay, cfg, tmp_path / "offline.parquet"))
+    assert report.problems() == [], report.summary()
+    assert report.features_checked == report.fed == summary["scored"]

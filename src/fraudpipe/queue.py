@@ -231,8 +231,10 @@ class Topic:
     def oldest_ms(self) -> int | None:
         """The time in the id of the oldest message not yet done (pending or claimed): how far
         back this topic's consumers still are. None when there is none."""
-        times = [id_time_ms(m.id) for m in [*self.pending(), *self.claims()]]
-        return min(times, default=None)
+        # claimed, pending, claimed: a message moving either way between two of the scans
+        # (claimed, released, reaped) is seen by one of them
+        seen = [*self.claims(), *self.pending(), *self.claims()]
+        return min((id_time_ms(m.id) for m in seen), default=None)
 
     # -- consuming ---------------------------------------------------------------------------
 

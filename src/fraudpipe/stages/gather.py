@@ -114,7 +114,7 @@ class Gather(Stage):
         self.next_due = time.monotonic()
         self.control = GenerationControl(ctx.layout)
         self.finished = False
-        self._last_prune = 0.0
+        self.log_kept_from: dt.date | None = None  # the event log's retention line, once drawn
 
     # -- position ----------------------------------------------------------------------------
 
@@ -271,18 +271,19 @@ class Gather(Stage):
         return Outcome(rows=n, batches=1)
 
     def housekeeping(self) -> None:
-        if self.watermark is None or time.monotonic() - self._last_prune < 30:
+        """Prune the event log behind the slowest consumer (see the module's docstring)."""
+        if self.watermark is None:
             return
-        self._last_prune = time.monotonic()
         behind = self.raw.oldest_ms()
         position = self.watermark
         if behind is not None:
             position = min(position, _EPOCH + dt.timedelta(milliseconds=behind))
-        removed = self.eventlog.prune(
-            position.date() - dt.timedelta(days=self.cfg.log_retention_days)
-        )
-        if removed:
-            self.ctx.log.info("eventlog.pruned", partitions=removed, behind=position.isoformat())
+        keep_from = position.date() - dt.timedelta(days=self.cfg.log_retention_days)
+        if self.log_kept_from is None or keep_from > self.log_kept_from:
+            removed = self.eventlog.prune(keep_from)
+            if removed:
+                self.ctx.log.info("eventlog.pruned", partitions=removed, before=str(keep_from))
+        self.log_kept_from = keep_from
 
     def status(self) -> dict[str, Any]:
         asked = self.control.current
@@ -291,4 +292,5 @@ class Gather(Stage):
             "source": self.cfg.source,
             "target_rate": asked.rate or self.cfg.rate,
             "paused": asked.paused,
+            "log_kept_from": str(self.log_kept_from) if self.log_kept_from else None,
         }
