@@ -6,6 +6,7 @@ Readers never see a partial file, on a local disk or on NFS (rename is atomic on
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -52,7 +53,7 @@ def _atomic(final: Path, tmp_dir: Path | None, fsync: bool) -> Iterator[BinaryIO
 
 
 def write_bytes(
-    final: Path, data: bytes, *, tmp_dir: Path | None = None, fsync: bool = True
+    final: Path, data: bytes | memoryview, *, tmp_dir: Path | None = None, fsync: bool = True
 ) -> Path:
     """Write data to final atomically (replacing any previous file of that name)."""
     with _atomic(final, tmp_dir, fsync) as fh:
@@ -69,10 +70,14 @@ def write_parquet(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write df as Parquet to final atomically (replacing any previous file of that name),
-    with metadata as the file's key-value metadata."""
-    with _atomic(final, tmp_dir, fsync) as fh:
-        df.write_parquet(fh, compression="lz4", statistics=False, metadata=metadata)
-    return final
+    with metadata as the file's key-value metadata.
+
+    The file is encoded in memory, then written: a failing write (ENOSPC, EIO) then raises
+    the OSError itself, with its errno, where polars would wrap it in an error of its own.
+    """
+    buffer = io.BytesIO()
+    df.write_parquet(buffer, compression="lz4", statistics=False, metadata=metadata)
+    return write_bytes(final, buffer.getbuffer(), tmp_dir=tmp_dir, fsync=fsync)
 
 
 def write_json(final: Path, obj: Any, *, fsync: bool = True) -> Path:

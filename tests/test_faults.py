@@ -1,0 +1,139 @@
+"""Faults of the volume and of the clock, with real processes on a real (small) filesystem."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fraudpipe.layout import FEATURES, RAW, TOPICS
+from tests.pipeline import queue_states, run_stage, small_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MB tmpfs of our own, to fill up for real."""
+    mnt = tmp_path / "vol"
+    mnt.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"needs root to mount a tmpfs: {made.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(volume: Path) -> Path:
+    """Write one file until the volume has no byte left; return it."""
+    filler = volume / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        for chunk in (1 << 20, 1 << 12, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * chunk)
+    return filler
+
+
+class Lines:
+    """A child process's output, line by line, read in the background."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        self._out = proc.stdout
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self._out:
+            self.seen.put(line)
+
+    def close(self) -> None:
+        """After the process ended: the rest of its output, then the pipe closed."""
+        self._reader.join(30)
+        self._out.close()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                line = self.seen.get(timeout=0.5)
+                if text in line:
+                    return line
+        raise AssertionError(f"no line with {text!r} within {timeout} s")
+
+
+def wait_for(predicate: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def test_a_full_volume_holds_batches_back_and_loses_nothing(
+    tmp_path: Path, small_volume: Path
+) -> None:
+    """ENOSPC is the volume's fault, not the batch's: the batch goes back untouched (no attempt
+    counted, so nothing is dead-lettered however long it lasts), the worker waits instead of
+    crash-looping, and once there is room again every batch goes through."""
+    cfg, data = small_config(tmp_path, days=6, rate=8000), small_volume / "data"
+    run_stage("gather", "--burst", data, cfg)
+    raw = sorted((data / "queue" / RAW / "pending").iterdir())
+    assert len(raw) > 5
+    filler = fill(small_volume)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
+    env["FRAUDPIPE_LOG__FORMAT"] = "json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fraudpipe", "worker", "--stage=preprocess", "--data-dir",
+         str(data), "--config", str(cfg), "--port", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines = Lines(proc)
+    try:
+        held = lines.wait_for('"batch.deferred"', 60)
+        lines.wait_for("ENOSPC", 60)
+        for _ in range(3):  # it keeps trying, slower each time, and does not die
+            lines.wait_for('"stage.held_up"', 60)
+        assert proc.poll() is None, held
+        states = queue_states(data, cfg)
+        assert states[RAW]["dead"] == 0 and states[FEATURES]["pending"] == 0
+        held_back = [
+            p.name for s in ("pending", "claimed") for p in (data / "queue" / RAW / s).iterdir()
+        ]
+        assert len(held_back) == len(raw)
+        assert [n for n in held_back if n.split("~")[1].removesuffix(".parquet") != "0"] == []
+        filler.unlink()
+        wait_for(lambda: queue_states(data, cfg)[FEATURES]["pending"] == len(raw), 120)
+        lines.wait_for('"stage.resumed"', 60)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        lines.close()
+    assert proc.returncode == 0
+    states = queue_states(data, cfg)
+    assert states[RAW] == {**states[RAW], "pending": 0, "claimed": 0, "dead": 0}
+    assert all(not any((data / "queue" / t / "tmp").iterdir()) for t in TOPICS)
+
+
+def test_fill_really_fills(small_volume: Path) -> None:
+    filler = fill(small_volume)
+    with pytest.raises(OSError) as err:
+        (small_volume / "more").write_bytes(b"x" * 4096)
+    assert err.value.errno == errno.ENOSPC
+    filler.unlink()
