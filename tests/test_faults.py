@@ -6,17 +6,27 @@ import contextlib
 import errno
 import os
 import queue
+import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+from fraudpipe.config import QueueSettings
 from fraudpipe.layout import FEATURES, RAW, TOPICS
+from fraudpipe.queue import Topic, make_id
 from tests.pipeline import queue_states, run_stage, small_config
+
+
+def batch() -> pl.DataFrame:
+    return pl.DataFrame({"x": [1, 2]})
+
 
 pytestmark = pytest.mark.slow
 
@@ -137,3 +147,86 @@ def test_fill_really_fills(small_volume: Path) -> None:
         (small_volume / "more").write_bytes(b"x" * 4096)
     assert err.value.errno == errno.ENOSPC
     filler.unlink()
+
+
+# -- clocks ------------------------------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from fraudpipe.config import QueueSettings
+    from fraudpipe.queue import Topic
+    root, hold = Path(sys.argv[1]), float(sys.argv[2])
+    t = Topic(root, "t", QueueSettings(lease_s=2, fsync=False))
+    claim = t.claim("holder")
+    assert claim is not None
+    print("claimed", flush=True)
+    end = time.monotonic() + hold
+    while time.monotonic() < end:  # a live holder: renews every lease_s / 4
+        assert t.renew(claim), "lease lost while renewing"
+        time.sleep(0.5)
+    print("acked" if t.ack(claim) else "lost", flush=True)
+""")
+REAPER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from fraudpipe.config import QueueSettings
+    from fraudpipe.queue import Topic
+    root, until = Path(sys.argv[1]), sys.argv[2]
+    t = Topic(root, "t", QueueSettings(lease_s=2, fsync=False))
+    moved = 0
+    while not (root / until).exists():
+        moved += t.reap()
+        if moved:
+            print("reaped", flush=True)
+            (root / "reaped").touch()
+            break
+        time.sleep(0.2)
+""")
+
+
+def _skewed(offset: str, script: str, *args: str) -> subprocess.Popen[str]:
+    """A Python process whose clock runs `offset` off (libfaketime: time(), clock_gettime()
+    and the times it stamps with utime are shifted; the volume's ctimes are not)."""
+    if shutil.which("faketime") is None:
+        pytest.skip("needs libfaketime: apt-get install faketime")
+    return subprocess.Popen(
+        ["faketime", "-f", offset, sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_a_node_whose_clock_runs_ahead_steals_no_live_lease(tmp_path: Path) -> None:
+    """Leases are the volume's ctimes, judged on the volume's clock: a reaper five minutes
+    ahead (lease 2 s) sees a renewed claim as fresh, and its holder acks it."""
+    Topic(tmp_path, "t", QueueSettings(fsync=False)).publish(make_id(1, "p", 1), batch())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path), "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "claimed"
+    reaper = _skewed("+300s", REAPER, str(tmp_path), "done")
+    out, _ = holder.communicate(timeout=120)
+    (tmp_path / "done").touch()
+    reaped, _ = reaper.communicate(timeout=120)
+    assert holder.returncode == 0 and out.strip() == "acked", out
+    assert "reaped" not in reaped, reaped
+
+
+def test_a_node_whose_clock_runs_behind_still_reaps_the_dead(tmp_path: Path) -> None:
+    """A reaper five minutes behind must not wait five more minutes to return the claim of a
+    holder that died: it reaps after about one lease (2 s) on the volume's clock."""
+    t = Topic(tmp_path, "t", QueueSettings(lease_s=2, fsync=False))
+    t.publish(make_id(1, "p", 1), batch())
+    assert t.claim("dead") is not None  # and never renewed: its holder is gone
+    reaper = _skewed("-300s", REAPER, str(tmp_path), "never")
+    try:
+        deadline = time.monotonic() + 120  # far below the skew: only a wrong clock misses it
+        while not (tmp_path / "reaped").exists():
+            assert time.monotonic() < deadline and reaper.poll() is None, "not reaped"
+            time.sleep(0.2)
+    finally:
+        reaper.kill()
+        reaper.communicate()
+    [m] = t.pending()
+    assert m.lost == 1

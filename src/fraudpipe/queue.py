@@ -25,7 +25,10 @@ whole locking story; there are no lock files and no shared counters.
 * Publish: write under tmp/, fsync, rename into pending/. An id already in the topic (pending,
   claimed, done or dead) is not published again.
 * Claim: touch, then rename pending -> claimed (the winner holds the lease). The lease is the
-  claimed file's change time: a heartbeat renews it with ``utime``; a reaper moves claims whose
+  claimed file's change time (ctime), which the volume stamps with its own clock (the NFS
+  server's; the kernel's on a local disk), never the holder's: a heartbeat renews it with
+  ``utime``. A reaper judges it on that same clock (:class:`VolumeClock`), so the clocks of the
+  nodes may be off by any amount. The reaper moves claims whose
   lease expired back to pending with lost + 1, or to dead/ after ``max_lost_leases``. A failed
   attempt goes back with failed + 1, or to dead/ after ``max_attempts``; a batch the stage could
   not finish for a reason outside it (a full disk) goes back unchanged (``defer``).
@@ -181,13 +184,55 @@ def _delete_older(folder: Path, max_age_s: float, now: float | None) -> int:
     return removed
 
 
+class VolumeClock:
+    """The volume's clock, read from this node: ``time.time()`` plus the node's measured offset.
+
+    Leases are ctimes, stamped by the volume. Now and then (``every_s``) the clock touches a
+    probe file, ``queue/.clock``, and reads its ctime against this node's clock: the
+    difference is the node's skew against the volume, however large. Where the probe cannot be
+    written (a read-only mount) the last offset stands, at first none.
+    """
+
+    def __init__(self, probe: Path, every_s: float = 10.0) -> None:
+        self.probe = probe
+        self.every_s = every_s
+        self.offset = 0.0
+        self._probed_at: float | None = None
+
+    def now(self) -> float:
+        local = time.monotonic()
+        if self._probed_at is None or local - self._probed_at >= self.every_s:
+            self._probed_at = local
+            with contextlib.suppress(OSError):
+                self.offset = self._measure()
+        return time.time() + self.offset
+
+    def _measure(self) -> float:
+        before = time.time()
+        fd = os.open(self.probe, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.utime(fd)
+            stamped = os.fstat(fd).st_ctime
+        finally:
+            os.close(fd)
+        after = time.time()
+        return stamped - (before + after) / 2
+
+
 class Topic:
     """One topic folder and the operations of the protocol on it."""
 
-    def __init__(self, queue_root: Path, name: str, settings: QueueSettings) -> None:
+    def __init__(
+        self,
+        queue_root: Path,
+        name: str,
+        settings: QueueSettings,
+        clock: VolumeClock | None = None,
+    ) -> None:
         self.name = name
         self.root = queue_root / name
         self.settings = settings
+        self.clock = clock or VolumeClock(queue_root / ".clock")
         for state in _STATES:
             (self.root / state).mkdir(parents=True, exist_ok=True)
         self._backlog_cache: tuple[float, int] = (0.0, 0)
@@ -364,16 +409,16 @@ class Topic:
 
     @staticmethod
     def _touched(path: Path) -> float | None:
+        """When a claim's lease was last renewed, on the volume's clock (its ctime)."""
         try:
-            st = path.stat()
+            return path.stat().st_ctime
         except FileNotFoundError:
             return None
-        return max(st.st_mtime, st.st_ctime)
 
     def reap(self, now: float | None = None) -> int:
         """Return claims whose lease expired to pending with one more lost lease, or to dead/
         when that makes max_lost_leases; how many were moved."""
-        now = time.time() if now is None else now
+        now = self.clock.now() if now is None else now
         moved = 0
         for claim in self.claims():
             touched = self._touched(claim.path)
@@ -428,7 +473,7 @@ class Topic:
         return _delete_older(self.dir("tmp"), max_age_s, now)
 
     def stats(self, now: float | None = None) -> TopicStats:
-        now = time.time() if now is None else now
+        now = self.clock.now() if now is None else now
         claims = self.claims()
         expired = 0
         for c in claims:
@@ -512,11 +557,12 @@ class Queue:
     def __init__(self, queue_root: Path, settings: QueueSettings) -> None:
         self.root = queue_root
         self.settings = settings
+        self.clock = VolumeClock(queue_root / ".clock")
         self._topics: dict[str, Topic] = {}
 
     def topic(self, name: str) -> Topic:
         if name not in self._topics:
-            self._topics[name] = Topic(self.root, name, self.settings)
+            self._topics[name] = Topic(self.root, name, self.settings, self.clock)
         return self._topics[name]
 
     def existing(self) -> list[str]:
