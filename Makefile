@@ -18,7 +18,7 @@ HELM_ARGS ?=
 # $(call need,TOOL,where to get it): stop with a clear message when TOOL is not installed.
 need = @command -v $(1) >/dev/null 2>&1 || { echo "error: '$(1)' is not installed (needed by 'make $@'): $(2)" >&2; exit 127; }
 
-.PHONY: install run test test-fast lint format bench clean \
+.PHONY: install run test test-fast lint format bench soak clean \
 	chart-test chart-schema image image-gpu kind-up kind-down deploy e2e
 
 $(BIN)/fraudpipe: pyproject.toml
@@ -46,6 +46,11 @@ test: install lint ## lint, then every test (unit, property, multi-process, whol
 
 test-fast: install ## skip the whole-pipeline tests
 	$(BIN)/pytest -m "not slow"
+
+SOAK_S ?= 60
+MOUNTS ?= 1
+soak: install ## the fault soak and its audit (tests/soak.py): make soak SOAK_S=1800 MOUNTS=2; needs root
+	$(PY) -m tests.soak --seconds $(SOAK_S) --mounts $(MOUNTS)
 
 chart-test: install ## the chart tests only (real Helm engine, strict Kubernetes schemas)
 	$(BIN)/pytest tests/test_chart.py

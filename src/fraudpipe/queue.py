@@ -409,11 +409,17 @@ class Topic:
 
     @staticmethod
     def _touched(path: Path) -> float | None:
-        """When a claim's lease was last renewed, on the volume's clock (its ctime)."""
+        """When a claim's lease was last renewed, on the volume's clock (its ctime). Read
+        through an open file: an NFS client revalidates attributes on open (close-to-open),
+        where a stat may be answered from an attribute cache up to a minute old."""
         try:
-            return path.stat().st_ctime
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        try:
+            return os.fstat(fd).st_ctime
+        finally:
+            os.close(fd)
 
     def reap(self, now: float | None = None) -> int:
         """Return claims whose lease expired to pending with one more lost lease, or to dead/
