@@ -68,6 +68,10 @@ def worker(
     data_dir: DataDir = None,
     config: ConfigFile = None,
     port: Annotated[int | None, typer.Option(help="Metrics/health port (0: any free).")] = None,
+    supervisor_pid: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="Stop when this parent process is gone (fraudpipe run)."),
+    ] = None,
 ) -> None:
     """Run one stage in this process: what a pod runs, and how to debug one stage."""
     from fraudpipe.devices import DeviceUnavailable
@@ -91,7 +95,7 @@ def worker(
         raise typer.Exit(run_dashboard(settings))
     mode = Mode.ONCE if once else Mode.BURST if burst else Mode.FOREVER
     try:
-        w = Worker(settings, stage, device, mode)
+        w = Worker(settings, stage, device, mode, supervisor_pid=supervisor_pid)
     except (DeviceUnavailable, StageError) as exc:
         fail(str(exc))
     raise typer.Exit(w.run())
@@ -132,16 +136,28 @@ def run(
         bool, typer.Option(help="Serve the dashboard (its URL and token are printed).")
     ] = True,
 ) -> None:
-    """Run the whole pipeline on this machine: every stage as local processes over one folder."""
-    from fraudpipe.runner import run_pipeline
+    """Run the whole pipeline on this machine: every stage as local processes over one folder.
+
+    Exits 0 when every generated transaction was scored (or on Ctrl-C, which stops at once and
+    says what is still queued), 1 when some were not (dead letters, a drain that timed out),
+    2 when a stage refused to start or another run holds the data dir."""
+    from fraudpipe.runner import RunError, run_pipeline, shortfall
 
     settings = settings_from(
         config, data_dir=data_dir, **{"gather.rate": rate, "gather.days": days}
     )
-    summary = run_pipeline(
-        settings, _parse_replicas(replicas or []), duration, drain_timeout, console, dashboard
-    )
+    try:
+        summary = run_pipeline(
+            settings, _parse_replicas(replicas or []), duration, drain_timeout, console, dashboard
+        )
+    except RunError as exc:
+        fail(str(exc))
     console.print_json(json.dumps(summary, default=str))
+    missing = shortfall(summary)
+    if missing and summary["interrupted"]:
+        typer.echo(f"stopped: {missing}; run the same command to resume", err=True)
+    elif missing:
+        fail(missing, 1)
 
 
 @app.command()
@@ -586,19 +602,22 @@ def queue_inspect(
     console.print(df.head(rows))
 
 
-def _dead_ids(t: Any, msg_id: str | None, all_: bool) -> list[str]:
-    ids = [d.id for d in t.dead_letters()] if all_ else [msg_id] if msg_id else []
-    if not ids:
+def _dead_ids(t: Any, msg_id: str | None, all_: bool, *, messages_only: bool = False) -> list[str]:
+    """The dead letters named (ID, or --all: every one, perhaps none; messages_only: not the
+    foreign files, which can only be purged)."""
+    if all_:
+        return [d.id for d in t.dead_letters() if not (messages_only and d.foreign)]
+    if not msg_id:
         fail("name an ID or pass --all")
-    return ids
+    return [msg_id]
 
 
 def _each(ids: list[str], action: Any) -> None:
     for i in ids:
         try:
             action(i)
-        except KeyError as exc:
-            fail(str(exc), 1)
+        except (KeyError, ValueError) as exc:
+            fail(str(exc).strip("'\""), 1)
 
 
 @queue_app.command("requeue")
@@ -611,7 +630,10 @@ def queue_requeue(
 ) -> None:
     """Send dead letters back to pending (after fixing what killed them)."""
     t = _topic(_queue(config, data_dir), topic)
-    ids = _dead_ids(t, msg_id, all_)
+    ids = _dead_ids(t, msg_id, all_, messages_only=True)
+    if not ids:
+        console.print(f"no dead letters in {topic}: nothing to requeue")
+        return
     _each(ids, t.requeue)
     console.print(f"requeued {len(ids)} message(s) in {topic}")
 
@@ -628,6 +650,9 @@ def queue_purge(
     """Delete dead letters for good."""
     t = _topic(_queue(config, data_dir), topic)
     ids = _dead_ids(t, msg_id, all_)
+    if not ids:
+        console.print(f"no dead letters in {topic}: nothing to purge")
+        return
     if not yes and not typer.confirm(f"delete {len(ids)} dead letter(s) of {topic}?"):
         raise typer.Exit(1)
     _each(ids, t.purge)

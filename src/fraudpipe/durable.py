@@ -10,6 +10,7 @@ import io
 import json
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,9 +28,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+HOST = socket.gethostname().split(".")[0] or "host"
+
+
 def _tmp_name(final: Path, tmp_dir: Path | None) -> Path:
+    """A write in progress: `.<name>.<host>.<pid>.<random>.tmp`, so that what a killed writer
+    left can be told from a write under way (writer_gone)."""
     where = tmp_dir if tmp_dir is not None else final.parent
-    return where / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    return where / f".{final.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def writer_gone(tmp_name: str) -> bool:
+    """Whether the writer of a partial file (named by _tmp_name) is known to be dead: it ran on
+    this host and its pid is gone. A writer on another host cannot be known (False)."""
+    parts = tmp_name.rsplit(".", 4)
+    if len(parts) != 5 or parts[4] != "tmp" or parts[1] != HOST or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 @contextlib.contextmanager

@@ -55,6 +55,7 @@ import polars as pl
 
 from fraudpipe import durable
 from fraudpipe.config import QueueSettings
+from fraudpipe.logs import MAX_TRACEBACK_CHARS, bounded
 
 SUFFIX = ".parquet"
 REASON_SUFFIX = ".reason.json"
@@ -373,8 +374,8 @@ class Topic:
             "id": msg.id,
             "attempts": msg.attempt + 1,
             "lost_leases": msg.lost,
-            "reason": reason,
-            "detail": detail,
+            "reason": bounded(reason),
+            "detail": bounded(detail, MAX_TRACEBACK_CHARS),
             "consumer": getattr(msg, "consumer", None),
             "at": time.time(),
         }
@@ -475,8 +476,15 @@ class Topic:
         return _delete_older(self.dir("done"), self.settings.retention_s, now)
 
     def clean_tmp(self, max_age_s: float = 600.0, now: float | None = None) -> int:
-        """Delete abandoned partial writes (a writer crashed mid-publish)."""
-        return _delete_older(self.dir("tmp"), max_age_s, now)
+        """Delete abandoned partial writes (a writer crashed mid-publish): at once when their
+        writer is known dead (same host, pid gone), else once older than max_age_s."""
+        removed = 0
+        for entry in _scan(self.dir("tmp")):
+            if durable.writer_gone(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed + _delete_older(self.dir("tmp"), max_age_s, now)
 
     def stats(self, now: float | None = None) -> TopicStats:
         # a read: the offset a reaper of this process measured, if any, but no probe written

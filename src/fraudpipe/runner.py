@@ -8,6 +8,9 @@ stops gather first and lets the rest drain; on Ctrl-C it stops everything gracef
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import json
 import os
 import secrets
@@ -103,13 +106,22 @@ class Supervisor:
             "--device=cpu",
             "--config",
             str(self.config_path),
+            f"--supervisor-pid={os.getpid()}",
         ]
         proc = subprocess.Popen(
-            cmd, env=env, stdout=self._logs[key], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd,
+            env=env,
+            stdout=self._logs[key],
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         return Child(stage, index, proc, time.monotonic(), restarts)
 
     def start(self) -> None:
+        self.lock = RunLock(self.run_dir)
+        for topic in TOPICS:  # what writers killed with a previous run left half-written
+            self.queue.topic(topic).clean_tmp()
         self.config_path = self._config_file()
         for stage in START_ORDER:
             for i in range(self.replicas.get(stage, 1)):
@@ -129,11 +141,9 @@ class Supervisor:
                 continue
             if time.monotonic() - child.started < RESTART_BACKOFF_S:
                 continue
-            log = self.run_dir / "logs" / f"{child.stage}-{child.index}.log"
-            if rc == 2:
-                raise SystemExit(
-                    f"{child.stage} worker exited with a configuration error; see {log}"
-                )
+            if rc == 2:  # it refused to start: a restart would refuse again
+                log = self.run_dir / "logs" / f"{child.stage}-{child.index}.log"
+                raise RunError(f"the {child.stage} worker refused to start: {_refusal(log)}")
             self.children[n] = self._spawn(child.stage, child.index, child.restarts + 1)
 
     def signal_stage(self, stages: tuple[str, ...], sig: int = signal.SIGTERM) -> None:
@@ -163,6 +173,7 @@ class Supervisor:
         self.wait_exit((*STAGES, DASHBOARD), STOP_GRACE_S)
         for fh in self._logs.values():
             fh.close()
+        self.lock.release()
 
     # -- state -------------------------------------------------------------------------------
 
@@ -271,6 +282,7 @@ class Supervisor:
             "seconds": round(time.time() - self.started, 1),
             "generated": generated,
             "scored": scored,
+            "unscored": max(0, generated - scored),
             "alerts": alerts,
             "latency_ms_p50": p50,
             "latency_ms_p99": p99,
@@ -278,6 +290,59 @@ class Supervisor:
             "dead_letters": {t: self.queue.topic(t).stats().dead for t in TOPICS},
             "restarts": sum(c.restarts for c in self.children),
         }
+
+
+class RunError(Exception):
+    """The run cannot go on (exit 2); the message says why, for the terminal."""
+
+
+def _refusal(log: Path) -> str:
+    """The reason a worker gave for exiting 2: its last `error:` line (cut short, with the
+    log's path for the rest)."""
+    with contextlib.suppress(OSError):
+        lines = log.read_text(errors="replace").splitlines()
+        said = [line for line in lines if line.startswith("error: ")]
+        if said:
+            why = said[-1].removeprefix("error: ")
+            if len(why) > 2000:
+                why = f"{why[:2000]}... ({len(why):,} characters)"
+            return f"{why} (log: {log})"
+    return f"see {log}"
+
+
+class RunLock:
+    """One `fraudpipe run` per data dir: an exclusive flock on run/supervisor.lock, released
+    by the kernel when its holder exits, however it exits (so a killed run leaves none)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "supervisor.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            raise RunError(
+                f"another fraudpipe run (pid {holder}) is running on {run_dir.parent}: "
+                "stop it first, or use another --data-dir"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, however it dies (Linux's
+    PR_SET_PDEATHSIG; elsewhere the worker notices its parent changed, --supervisor-pid)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _free_port(host: str, wanted: int) -> int:
@@ -307,7 +372,7 @@ def run_pipeline(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    sup.start()
+    sup.start()  # RunError: another run holds the data dir
     console.print(
         f"fraudpipe: {sum(replicas.get(s, 1) for s in STAGES)} workers over "
         f"{sup.layout.root} (logs in {sup.run_dir / 'logs'})"
@@ -337,6 +402,9 @@ def run_pipeline(
             time.sleep(0.5)
     except KeyboardInterrupt:
         interrupted = True
+    except RunError:
+        interrupted = True  # stop now: nothing to drain towards
+        raise
     finally:
         if live:
             live.stop()
@@ -345,4 +413,20 @@ def run_pipeline(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         sup.stop(drain=not interrupted)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    return sup.final_summary()
+    summary = sup.final_summary()
+    summary["interrupted"] = interrupted
+    return summary
+
+
+def shortfall(summary: dict[str, Any]) -> str | None:
+    """Why a finished run did not score everything it generated, or None when it did."""
+    if not summary["unscored"]:
+        return None
+    dead = {t: n for t, n in summary["dead_letters"].items() if n}
+    where = "; ".join(
+        f"{n} dead letter(s) in {t} (fraudpipe queue ls {t})" for t, n in dead.items()
+    )
+    return (
+        f"{summary['unscored']:,} of {summary['generated']:,} generated transactions were not "
+        f"scored" + (f": {where}" if where else ": still queued (the drain timed out)")
+    )

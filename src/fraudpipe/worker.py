@@ -233,8 +233,16 @@ class _Rates:
 class Worker:
     """Runs one stage in this process."""
 
-    def __init__(self, settings: Settings, stage_name: str, device: str, mode: Mode) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stage_name: str,
+        device: str,
+        mode: Mode,
+        supervisor_pid: int | None = None,
+    ) -> None:
         self.settings = settings
+        self.supervisor_pid = supervisor_pid  # stop when this parent is gone (fraudpipe run)
         self.mode = mode
         self.layout = Layout(settings.data_dir)
         self.stop = threading.Event()
@@ -272,6 +280,10 @@ class Worker:
         last_renew = last_reap = last_status = 0.0
         while not self.stop.wait(0.2):
             now = time.monotonic()
+            if self.supervisor_pid is not None and os.getppid() != self.supervisor_pid:
+                self.ctx.log.warning("worker.orphaned", supervisor=self.supervisor_pid)
+                self.stop.set()  # the batch in hand is finished, then the loop ends
+                self.waker.wake()
             claim = self.stage.current
             if claim is not None and now - last_renew >= renew_every:
                 if not self.ctx.queue.topic(claim.topic).renew(claim):
@@ -399,17 +411,37 @@ class Worker:
 
 def read_status(status_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
     """Status of the live workers: files whose heartbeat is older than STATUS_STALE_S belong
-    to workers that died without cleaning up (SIGKILL, node loss) and are left out."""
+    to workers that died without cleaning up (SIGKILL, node loss) and are left out, as is any
+    file that is not a worker's status (whatever was written there, it is not read as one)."""
     now = time.time() if now is None else now
     docs = []
     for path in sorted(status_dir.glob("*.json")) if status_dir.is_dir() else []:
         try:
             doc = json.loads(path.read_text())
         except (OSError, ValueError):
-            continue  # being replaced right now
-        if now - float(doc.get("heartbeat_at", 0)) <= STATUS_STALE_S:
+            continue  # being replaced right now, or not JSON
+        if not _well_formed(doc):
+            continue
+        if now - float(doc["heartbeat_at"]) <= STATUS_STALE_S:
             docs.append(doc)
     return docs
+
+
+def _well_formed(doc: object) -> bool:
+    """Whether doc has what every reader of status files relies on, with the right types."""
+    if not isinstance(doc, dict):
+        return False
+    number = (int, float)
+    return (
+        isinstance(doc.get("worker"), str)
+        and isinstance(doc.get("stage"), str)
+        and isinstance(doc.get("pid"), int)
+        and not isinstance(doc.get("pid"), bool)
+        and isinstance(doc.get("heartbeat_at"), number)
+        and isinstance(doc.get("rows", 0), number)
+        and isinstance(doc.get("batches", 0), number)
+        and isinstance(doc.get("rows_per_s", 0.0), number)
+    )
 
 
 def remove_stale_status(status_dir: Path, older_than_s: float) -> None:
