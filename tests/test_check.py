@@ -6,12 +6,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from fraudpipe.config import load_settings
+from fraudpipe.layout import RAW
+from fraudpipe.runner import Supervisor
+from fraudpipe.worker import read_status
 from tests.conftest import fraudpipe
-from tests.pipeline import small_config
+from tests.pipeline import run_stage, small_config
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +66,38 @@ def test_check_passes_on_live_flow_and_fails_on_old_results(tmp_path: Path) -> N
         assert f"no live {stage} worker" in stale.stderr
     assert "no model promoted yet" not in stale.stderr
     assert _tree(data) == before, "check wrote to the data dir (helm test mounts it read-only)"
+
+
+def test_check_names_the_backlog_and_survives_any_status_file(tmp_path: Path) -> None:
+    """Every stage alive, yet nothing new scored: check must say where the work waits, and
+    no status file, however malformed, may crash it (or `fraudpipe run`)."""
+    cfg, data = small_config(tmp_path, days=4), tmp_path / "data"
+    run_stage("gather", "--burst", data, cfg)
+    raw = len(list((data / "queue" / RAW / "pending").iterdir()))
+    status = data / "status"
+    now = time.time()
+    for stage in ("gather", "preprocess", "train", "infer"):
+        doc = {"worker": f"{stage}.x", "stage": stage, "pid": 1, "heartbeat_at": now + 60}
+        (status / f"{stage}.json").write_text(json.dumps(doc))
+    for i, junk in enumerate(
+        [
+            "[]",
+            '{"stage": 1}',
+            '{"stage": "infer", "heartbeat_at": "x"}',
+            '{"worker": "w", "stage": "infer", "pid": 2}',
+            "not json",
+            "7",
+        ]
+    ):
+        (status / f"junk-{i}.json").write_text(junk)  # fmt: skip
+    settings = load_settings(cfg, {"data_dir": data})
+    assert sorted(w["stage"] for w in read_status(status)) == [
+        "gather", "infer", "preprocess", "train"
+    ]  # fmt: skip
+    snap = Supervisor(settings, {}).snapshot()  # what `fraudpipe run` shows every half second
+    assert snap["stages"]["infer"]["replicas"] == 1
+    stuck = fraudpipe("check", "--data-dir", str(data), "--config", str(cfg), "--timeout", "2")
+    assert stuck.returncode == 1
+    assert f"raw-transactions: {raw} of at most 64 batches pending" in stuck.stderr
+    assert "preprocess is behind" in stuck.stderr and "the oldest waiting" in stuck.stderr
+    assert "every stage is alive, yet nothing new was scored" not in stuck.stderr

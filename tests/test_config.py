@@ -81,3 +81,20 @@ def test_gpu_without_gpu_stack_exits_2_saying_what_is_missing(tmp_path: Path) ->
     assert proc.returncode == 2
     assert "--device=gpu for stage 'preprocess'" in proc.stderr
     assert "cupy" in proc.stderr
+
+
+def test_a_huge_bad_value_is_named_not_echoed(tmp_path: Path) -> None:
+    """A 10 MB value is cut in the error (which goes to terminals and logs), not repeated."""
+    huge = "9" * 5 + "x" * 10_000_000
+    cfg = tmp_path / "huge.yaml"
+    cfg.write_text(f"queue:\n  lease_s: {huge}\n")
+    run = fraudpipe("config", "--config", str(cfg))
+    assert run.returncode == 2
+    assert "queue.lease_s = '99999xxx" in run.stderr and "(10,000,007 characters)" in run.stderr
+    assert len(run.stderr) < 2000
+
+
+def test_the_lookback_needs_its_log() -> None:
+    with pytest.raises(ConfigError, match=r"gather.log_retention_days \(30\) must be at least 38"):
+        load_settings(None, {"gather.log_retention_days": 30})
+    assert load_settings(None, {"gather.log_retention_days": 38}).gather.log_retention_days == 38

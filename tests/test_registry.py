@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -12,7 +13,14 @@ import pytest
 
 from fraudpipe.config import TrainSettings
 from fraudpipe.model import OnnxScorer, export_onnx, train_booster
-from fraudpipe.registry import VERSION_RE, ModelRegistry, RegistryError, UnknownVersionError
+from fraudpipe.registry import (
+    VERSION_RE,
+    ModelRegistry,
+    RegistryError,
+    UnknownVersionError,
+    UnusableVersionError,
+)
+from tests.conftest import fraudpipe
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +40,9 @@ def registry(tmp_path: Path) -> ModelRegistry:
 
 def save(registry: ModelRegistry, model: tuple, **manifest: object) -> str:
     booster, onnx_bytes, _ = model
-    return registry.save(booster, onnx_bytes, {"feature_names": ["a", "b", "c"], **manifest})
+    return registry.save(
+        booster, onnx_bytes, {"feature_names": ["a", "b", "c"], "threshold": 0.5, **manifest}
+    )
 
 
 def test_save_writes_a_whole_version(registry: ModelRegistry, model: tuple) -> None:
@@ -150,3 +160,55 @@ def test_empty_registry(tmp_path: Path) -> None:
     assert registry.versions() == []
     assert registry.current() is None
     assert registry.history() == []
+
+
+def corrupt(registry: ModelRegistry, version: str, how: str) -> None:
+    where = registry.root / version
+    if how == "onnx cut short":
+        onnx = where / "model.onnx"
+        onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
+    elif how == "model.txt gone":
+        (where / "model.txt").unlink()
+    elif how == "manifest not JSON":
+        (where / "manifest.json").write_text("{")
+    elif how == "features disagree":
+        m = registry.manifest(version)
+        (where / "manifest.json").write_text(json.dumps({**m, "feature_names": ["a", "b"]}))
+
+
+HOW = ["onnx cut short", "model.txt gone", "manifest not JSON", "features disagree"]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_an_unusable_version_is_never_made_current(
+    registry: ModelRegistry, model: tuple, how: str
+) -> None:
+    good, bad = save(registry, model), save(registry, model)
+    registry.promote(good, "first")
+    corrupt(registry, bad, how)
+    with pytest.raises(UnusableVersionError, match=f"model version {bad} cannot score"):
+        registry.promote(bad, "operator", forced=True)
+    assert registry.current() == good and len(registry.history()) == 1
+    assert registry.verify(good)["version"] == good
+
+
+def test_rollback_refuses_an_unusable_target(registry: ModelRegistry, model: tuple) -> None:
+    v1, v2 = save(registry, model), save(registry, model)
+    registry.promote(v1, "first")
+    registry.promote(v2, "second")
+    corrupt(registry, v1, "onnx cut short")
+    with pytest.raises(UnusableVersionError):
+        registry.rollback()
+    assert registry.current() == v2
+
+
+def test_model_promote_refuses_a_truncated_onnx(tmp_path: Path, model: tuple) -> None:
+    registry = ModelRegistry(tmp_path / "models", fsync=False)
+    good, bad = save(registry, model), save(registry, model)
+    corrupt(registry, bad, "onnx cut short")
+    args = ["--data-dir", str(tmp_path)]
+    refused = fraudpipe("model", "promote", bad, *args)
+    assert refused.returncode == 1 and f"model version {bad} cannot score" in refused.stderr
+    assert registry.current() is None
+    fraudpipe("model", "promote", good, *args, check=True)
+    assert registry.current() == good

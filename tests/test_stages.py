@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -10,6 +12,7 @@ import pytest
 
 from fraudpipe.config import load_settings
 from fraudpipe.layout import FEATURES, RAW, RESULTS
+from fraudpipe.registry import ModelRegistry, new_name
 from fraudpipe.replay import ReplaySource
 from fraudpipe.worker import BatchStage, Mode, Worker
 from tests.conftest import fraudpipe
@@ -107,6 +110,11 @@ def test_requeue_and_purge(tmp_path: Path) -> None:
     run_stage("preprocess", "--burst", data, cfg)
     fraudpipe("queue", "purge", RAW, "--all", "--yes", *args, check=True)
     assert queue_states(data, cfg)[RAW]["dead"] == 0
+    # --all with nothing dead is no error (it exited 2); naming an id that is not dead is
+    for verb, *flags in (("requeue",), ("purge", "--yes")):
+        none = fraudpipe("queue", verb, RAW, "--all", *flags, *args)
+        assert none.returncode == 0 and f"no dead letters in {RAW}" in none.stdout, none.stderr
+        assert fraudpipe("queue", verb, RAW, "0000000000009-x-00000009", *args).returncode == 1
 
 
 def test_gather_resumes_a_checkpoint_written_before_new_simulator_knobs(tmp_path: Path) -> None:
@@ -187,3 +195,52 @@ def test_gather_builds_only_the_days_that_have_rows(
     sent = pl.concat(pl.read_parquet(p) for p in pending(tmp_path / "data", RAW))
     assert sent["amount"].to_list() == [10.0, 20.0, 30.0]
     assert set(built) == {0, 3653}, sorted(set(built))
+
+
+def _point_current(registry: ModelRegistry, version: str) -> None:
+    """models/current -> version, as a bad hand-edit would (no check)."""
+    link = registry.root / ".current.test"
+    os.symlink(version, link)
+    os.replace(link, registry.root / "current")
+
+
+def test_infer_keeps_its_last_good_model_when_current_goes_bad(tmp_path: Path) -> None:
+    """models/current pointed at a version that does not exist, or whose ONNX is cut short:
+    infer refuses it, names it, and scores on with its last good model (before this, it
+    crash-looped); a process with no good model yet waits instead of crashing."""
+    cfg, data = small_config(tmp_path, days=16), tmp_path / "data"
+    run_stage("gather", "--burst", data, cfg)
+    run_stage("preprocess", "--burst", data, cfg)
+    run_stage("train", "--once", data, cfg)
+    registry = ModelRegistry(data / "models")
+    good = registry.current()
+    assert good is not None
+    truncated = new_name()
+    shutil.copytree(registry.root / good, registry.root / truncated)
+    onnx = registry.root / truncated / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:1000])
+
+    _point_current(registry, "20991231T000000.000000Z-abcdef")  # no such version
+    fresh = fraudpipe(
+        "worker", "--stage=infer", "--burst", "--data-dir", str(data), "--config", str(cfg),
+        "--port", "0",
+    )  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr
+    assert "model.refused" in fresh.stderr and "unknown model version" in fresh.stderr
+    assert len(pending(data, FEATURES)) > 3, "no model: the features wait, unscored"
+
+    _point_current(registry, good)
+    settings = load_settings(cfg, {"data_dir": data, "metrics": {"port": 0}})
+    infer = Worker(settings, "infer", "cpu", Mode.ONCE).stage
+    assert infer.ready() and infer.version == good  # type: ignore[attr-defined]
+    for bad, why in ((truncated, "cannot score"), ("20991231T000000.000000Z-abcdef", "unknown")):
+        _point_current(registry, bad)
+        assert infer.ready(), "the last good model stands"
+        assert infer.version == good  # type: ignore[attr-defined]
+        assert infer.refused["version"] == bad and why in infer.refused["reason"]  # type: ignore[attr-defined]
+        assert infer.status()["model_refused"]["version"] == bad
+        assert infer.step().batches == 1
+    scored = pl.concat(pl.read_parquet(p) for p in pending(data, RESULTS))
+    assert scored["model_version"].unique().to_list() == [good]
+    registry.promote(good, "back")  # current is good again: nothing refused any more
+    assert infer.ready() and infer.refused is None  # type: ignore[attr-defined]

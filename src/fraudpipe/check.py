@@ -8,6 +8,7 @@ says what stands still: stages without a live worker, no promoted model, backlog
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ def fresh_scored_batch(layout: Layout, since: float) -> tuple[Path, pl.DataFrame
     return None
 
 
+CONSUMER = {"raw-transactions": "preprocess", "features-ready": "infer", "labels": "train"}
+
+
 def diagnose(layout: Layout, settings: Settings) -> list[str]:
     """What stands still, in words an operator can act on."""
     problems = []
@@ -60,20 +64,81 @@ def diagnose(layout: Layout, settings: Settings) -> list[str]:
             problems.append(
                 f"no live {stage} worker (no heartbeat in status/ for {STATUS_STALE_S:.0f} s)"
             )
+    for w in workers:
+        if w.get("blocked"):
+            problems.append(f"{w['stage']} on {w.get('host')} is held up: {w['blocked']}")
+        refused = w.get("model_refused")
+        if isinstance(refused, dict):
+            problems.append(
+                f"infer on {w.get('host')} refuses model {refused.get('version')} "
+                f"({refused.get('reason')}); it scores with {w.get('model_version') or 'none'}"
+            )
     if ModelRegistry(layout.models).current() is None:
         last = next((w.get("last_training") for w in workers if w.get("stage") == "train"), None)
-        why = f": last training {last.get('status')}: {last.get('reason')}" if last else ""
+        why = (
+            f": last training {last.get('status')}: {last.get('reason')}"
+            if isinstance(last, dict)
+            else ""
+        )
         problems.append("no model promoted yet, so infer waits" + why)
+    now = time.time()
     for name in TOPICS:
         if not layout.topic(name).is_dir():
             problems.append(f"topic {name} does not exist yet")
             continue
-        st = Topic(layout.queue, name, settings.queue).stats()
+        topic = Topic(layout.queue, name, settings.queue)
+        st = topic.stats()
         if st.dead:
             problems.append(f"{name}: {st.dead} dead letter(s) (fraudpipe queue ls {name})")
-        if st.pending >= settings.queue.max_backlog:
-            problems.append(f"{name}: {st.pending} pending, at the backlog bound")
+        consumer = CONSUMER.get(name)
+        if consumer and st.pending:
+            oldest = _oldest_mtime(topic)
+            waited = f", the oldest waiting {now - oldest:.0f} s" if oldest is not None else ""
+            bound = (
+                " (at the bound: producers wait)"
+                if st.pending >= settings.queue.max_backlog
+                else ""
+            )
+            problems.append(
+                f"{name}: {st.pending} of at most {settings.queue.max_backlog} batches pending"
+                f"{bound}{waited}, {st.claimed} in hand: {consumer} is behind"
+            )
+    latest = _latest_scored(layout)
+    if latest is not None:
+        age, p50 = latest
+        problems.append(
+            f"the newest scored batch was written {age:.0f} s ago, with median end-to-end "
+            f"latency {p50 / 1000:.1f} s"
+        )
     return problems
+
+
+def _oldest_mtime(topic: Topic) -> float | None:
+    times = []
+    for msg in topic.pending():
+        with contextlib.suppress(FileNotFoundError):
+            times.append(msg.path.stat().st_mtime)
+    return min(times, default=None)
+
+
+def _latest_scored(layout: Layout) -> tuple[float, float] | None:
+    """(age in s, median latency in ms) of the newest scored batch of the last hour, if any."""
+    now = time.time()
+    newest: tuple[float, Path] | None = None
+    for path in recent_result_files(layout, now - 3600):
+        with contextlib.suppress(FileNotFoundError):
+            mtime = path.stat().st_mtime
+            if newest is None or mtime > newest[0]:
+                newest = (mtime, path)
+    if newest is None:
+        return None
+    try:
+        latency = pl.read_parquet(newest[1], columns=["latency_ms"])["latency_ms"].median()
+    except (OSError, pl.exceptions.PolarsError):
+        return None
+    if not isinstance(latency, int | float):
+        return None
+    return now - newest[0], float(latency)
 
 
 def wait_for_flow(

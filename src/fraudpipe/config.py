@@ -336,12 +336,18 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _FileSource(settings_cls))
 
 
+def _shown(value: object, limit: int = 200) -> str:
+    """repr(value), cut short when long: an error names the value, it need not echo it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _explain(err: ValidationError, config_file: Path | None) -> str:
     lines = ["invalid configuration:"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         value = e.get("input")
-        shown = "(missing)" if e["type"] == "missing" else repr(value)
+        shown = "(missing)" if e["type"] == "missing" else _shown(value)
         if isinstance(value, dict) and e["type"] not in ("extra_forbidden",):
             shown = "(section)"
         msg = e["msg"]

@@ -13,6 +13,20 @@ import time
 from typing import Any
 
 _CONFIGURED = False
+# The most of one value a log line holds: a batch of user data can carry a field of megabytes,
+# and an error message may quote it. Longer values are cut, saying how long they were.
+MAX_VALUE_CHARS = 2000
+MAX_TRACEBACK_CHARS = 20000
+
+
+def bounded(value: object, limit: int = MAX_VALUE_CHARS) -> object:
+    """value, or its text cut to `limit` characters when longer (numbers and flags pass)."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return value
+    return f"{text[:limit]}... (cut: {len(text):,} characters)"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -25,7 +39,7 @@ class _JsonFormatter(logging.Formatter):
         }
         payload.update(getattr(record, "fields", {}))
         if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
+            payload["exc"] = bounded(self.formatException(record.exc_info), MAX_TRACEBACK_CHARS)
         return json.dumps(payload, default=str)
 
 
@@ -35,7 +49,7 @@ class _TextFormatter(logging.Formatter):
         fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
         line = f"{stamp} {record.levelname:<7} {record.name:<10} {record.getMessage()} {fields}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + str(bounded(self.formatException(record.exc_info), MAX_TRACEBACK_CHARS))
         return line.rstrip()
 
 
@@ -60,7 +74,8 @@ class EventLogger:
 
     def _emit(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
         if self._log.isEnabledFor(level):
-            self._log.log(level, event, extra={"fields": fields}, exc_info=exc_info)
+            kept = {k: bounded(v) for k, v in fields.items()}
+            self._log.log(level, bounded(event), extra={"fields": kept}, exc_info=exc_info)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit(logging.DEBUG, event, False, fields)

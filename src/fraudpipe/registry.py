@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightgbm as lgb
+import numpy as np
 
 from fraudpipe import durable
+from fraudpipe.logs import bounded
 
 VERSION_RE = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{6}$")
 MODEL_FILE = "model.txt"
@@ -42,6 +44,10 @@ class RegistryError(Exception):
 
 class UnknownVersionError(RegistryError, LookupError):
     """No model version of that name exists."""
+
+
+class UnusableVersionError(RegistryError):
+    """A version that exists but cannot score: a file missing, cut short, or inconsistent."""
 
 
 def _stamp(now: dt.datetime) -> str:
@@ -124,11 +130,42 @@ class ModelRegistry:
     def load_booster(self, version: str) -> lgb.Booster:
         return lgb.Booster(model_file=str(self._dir(version) / MODEL_FILE))
 
+    def verify(self, version: str) -> dict[str, Any]:
+        """The version's manifest, once it is shown able to score: its manifest names the
+        features, model.txt and model.onnx load and agree on their number, and the ONNX
+        export scores a row. UnknownVersionError or UnusableVersionError (naming the file)
+        otherwise. What infer loads, checked before anything points models/current at it."""
+        from fraudpipe.model import OnnxScorer  # onnxruntime: only where a model is checked
+
+        where = self._dir(version)
+        try:
+            manifest = self.manifest(version)
+            names = manifest.get("feature_names")
+            if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+                raise ValueError(f"{MANIFEST_FILE} names no feature_names")
+            threshold = manifest.get("threshold")
+            if not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+                raise ValueError(f"{MANIFEST_FILE} has no threshold in [0, 1]")
+            booster = self.load_booster(version)
+            scorer = OnnxScorer(where / ONNX_FILE)
+            if not booster.num_feature() == scorer.n_features == len(names):
+                raise ValueError(
+                    f"{MODEL_FILE} has {booster.num_feature()} features, {ONNX_FILE} "
+                    f"{scorer.n_features}, {MANIFEST_FILE} {len(names)}"
+                )
+            scorer.score(np.zeros((1, len(names)), np.float32))
+        except Exception as exc:  # JSON, LightGBM and onnxruntime raise their own kinds
+            raise UnusableVersionError(
+                f"model version {version} cannot score: {bounded(exc, 500)}"
+            ) from exc
+        return manifest
+
     def promote(self, version: str, reason: str, *, forced: bool = False) -> None:
-        """Point models/current at version and record the event.
+        """Point models/current at version (once verify passes) and record the event.
 
         forced marks an operator's promotion that bypassed the champion comparison.
         """
+        self.verify(version)
         self._switch(version, "forced" if forced else "promoted", reason)
 
     def rollback(self, reason: str = "rollback requested") -> str:
@@ -154,6 +191,7 @@ class ModelRegistry:
                 f"cannot roll back: no version was current before {current} "
                 f"(history has {len(events)} event(s))"
             )
+        self.verify(stack[-1])
         self._switch(stack[-1], "rolled-back", reason)
         return stack[-1]
 

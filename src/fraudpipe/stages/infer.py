@@ -2,7 +2,10 @@
 
 Before the first model exists infer claims nothing: features stay queued, no score is invented.
 Between batches it checks models/current and loads a newly promoted model, so a promotion never
-drops or splits a batch; each result row names the model version that scored it.
+drops or splits a batch; each result row names the model version that scored it. A version it
+cannot load (missing, cut short: ``ModelRegistry.verify``) is refused and named in its log and
+status, and infer goes on with the last good model (or waits, if it has none); it tries the
+same version again only after RETRY_REFUSED_S, or once models/current moves.
 
 Every alert carries reason codes (``reasons``): the schema.REASONS features contributing most
 towards fraud, SHAP values of the version's LightGBM booster (model.alert_reasons). They are
@@ -30,6 +33,7 @@ from fraudpipe.results import ResultsStore
 from fraudpipe.worker import BatchStage, Context
 
 _PASS_THROUGH = ["transaction_id", "ts", "customer_id", "terminal_id", "amount", "created_at"]
+RETRY_REFUSED_S = 30.0
 
 
 class Infer(BatchStage):
@@ -50,15 +54,28 @@ class Infer(BatchStage):
         self._latencies: deque[np.ndarray] = deque(maxlen=20)
         self.alerts = 0
         self._last_prune = 0.0
+        self.refused: dict[str, Any] | None = None  # the version last refused, and why
 
     def ready(self) -> bool:
         current = self.registry.current()
-        if current is not None and current != self.version:
-            self._load(current)
+        if current is not None and current == self.version:
+            self.refused = None  # current is back at the model in hand
+        elif current is not None and not self._refused_now(current):
+            try:
+                self._load(current)
+            except Exception as exc:  # whatever stops a version loading: refuse it, go on
+                self.refused = {"version": current, "reason": str(exc), "at": time.time()}
+                self.ctx.log.error(
+                    "model.refused", version=current, reason=str(exc), keeps=self.version
+                )
         return self.scorer is not None
 
+    def _refused_now(self, version: str) -> bool:
+        r = self.refused
+        return r is not None and r["version"] == version and time.time() - r["at"] < RETRY_REFUSED_S
+
     def _load(self, version: str) -> None:
-        manifest = self.registry.manifest(version)
+        manifest = self.registry.verify(version)
         # Both loaded before either is swapped in: a failed load leaves the old model whole.
         scorer = OnnxScorer(
             self.registry.onnx_path(version), threads=self.ctx.settings.infer.threads
@@ -76,6 +93,7 @@ class Infer(BatchStage):
             self.ctx.metrics.model_info.remove(self.version)
         self.version = version
         self.ctx.metrics.model_info.labels(version).set(1)
+        self.refused = None
         self.ctx.log.info("model.loaded", version=version, threshold=round(self.threshold, 4))
 
     def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
@@ -119,7 +137,11 @@ class Infer(BatchStage):
             self.results.prune(q.results_retention_days)
 
     def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"model_version": self.version, "alerts": self.alerts}
+        doc: dict[str, Any] = {
+            "model_version": self.version,
+            "alerts": self.alerts,
+            "model_refused": self.refused,
+        }
         if self._latencies:
             recent = np.concatenate(list(self._latencies))
             p50, p99 = np.percentile(recent, [50, 99])
