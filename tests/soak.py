@@ -405,7 +405,7 @@ class Chaos:
         link = registry.root / f".current.{bad}"
         os.symlink(bad, link)
         os.replace(link, registry.root / "current")
-        self.corrupt = (bad, good, time.monotonic() + self.rng.uniform(4, 8))
+        self.corrupt = (bad, good, time.monotonic() + self.rng.uniform(8, 15))
         self.counts["corrupt model promoted"] += 1
 
     def _heal_model(self) -> None:
@@ -542,7 +542,7 @@ def run_soak(plan: Plan) -> dict[str, Any]:
                 fleet.supervise()
                 time.sleep(chaos.rng.uniform(0.3, 1.2))
                 if chaos._due("disk sample", 5):
-                    peak = max(peak, disk_usage(root))
+                    peak = max(peak, disk_usage(truth))
             chaos.heal()
             deadline = time.monotonic() + max(600.0, plan.seconds)
             while not fleet.done() and time.monotonic() < deadline:
@@ -550,7 +550,7 @@ def run_soak(plan: Plan) -> dict[str, Any]:
                 fleet.workers()
                 time.sleep(1)
                 if chaos._due("disk sample", 5):
-                    peak = max(peak, disk_usage(root))
+                    peak = max(peak, disk_usage(truth))
             finished = fleet.done()
         finally:
             chaos.heal()

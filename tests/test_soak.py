@@ -29,6 +29,8 @@ def soak(tmp_path: Path, mounts: int) -> dict[str, object]:
     assert faults.get("poison batches") == 6 and faults.get("stall of every preprocess") == 1
     if result["volume"] == "tmpfs":
         assert logged.get("stage.held_up", 0) >= 1, logged  # the full volume was felt
+    if faults.get("corrupt model promoted"):
+        assert logged.get("model.refused", 0) >= 1, logged  # and the bad model refused
     return result
 
 
