@@ -55,6 +55,10 @@ from tests import netfs
 from tests.audit import audit, disk_usage, offline_features
 
 WORLD = {"n_customers": 2000, "n_terminals": 4000}  # about 4,000 transactions a simulated day
+CYCLE_S = 60.0
+# Where in each cycle each rarer fault strikes (a full volume lasts up to 15 s, a stall 20 s,
+# an outage of node a 30 s, a corrupt model up to 15 s).
+FAULT_AT = {"disk": 0.15, "stall": 0.4, "supervisor": 0.75, "outage": 0.75, "model": 0.82}
 TX_PER_DAY = 4000
 
 
@@ -275,6 +279,15 @@ Fleet = RunFleet | PodFleet
 # -- the faults --------------------------------------------------------------------------------
 
 
+def _top_up(filler: Path) -> None:
+    """Grow filler until its volume has not a byte left."""
+    with open(filler, "ab", buffering=0) as fh:
+        for chunk in (1 << 20, 1 << 12, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * chunk)
+
+
 class Chaos:
     def __init__(self, plan: Plan, fleet: Fleet, truth: Path, volume: Path | None) -> None:
         self.plan, self.fleet, self.truth, self.volume = plan, fleet, truth, volume
@@ -285,9 +298,16 @@ class Chaos:
         self.corrupt: tuple[str, str, float] | None = None  # bad version, good version, until
         self.poison: dict[str, set[str]] = {}
         self.last: dict[str, float] = {}
-        self.stalled = False
-        self.node_out = False
+        self.fired: dict[str, int] = {}  # fault kind -> the last cycle it fired in
+        self.log: list[str] = []
         self.started = time.monotonic()
+
+    def _turn(self, kind: str, cycle: float, offset: float) -> bool:
+        """Whether fault `kind` is due: once per cycle, from its offset in the cycle on."""
+        if offset < FAULT_AT[kind] * CYCLE_S or self.fired.get(kind, -1) >= cycle:
+            return False
+        self.fired[kind] = int(cycle)
+        return True
 
     def _due(self, kind: str, every_s: float) -> bool:
         now = time.monotonic()
@@ -313,32 +333,31 @@ class Chaos:
         if self.filler is not None and now >= self.filler[1]:
             self.filler[0].unlink(missing_ok=True)
             self.filler = None
+        elif self.filler is not None:
+            _top_up(self.filler[0])  # what retention freed meanwhile is taken again
         if self.corrupt is not None and now >= self.corrupt[2]:
             self._heal_model()
         elapsed = now - self.started
         if not self.poison and elapsed > 5:
             self._inject_poison()
-        if not self.stalled and elapsed > self.plan.seconds / 3:
-            self._stall_preprocess()
-        if (
-            isinstance(self.fleet, PodFleet)
-            and not self.node_out
-            and elapsed > self.plan.seconds * 0.6
-        ):
-            self._node_outage()
-        # (one of these two at a time: a full volume leaves no room for the corrupt copy)
-        if (
-            self.volume is not None
-            and self.filler is self.corrupt is None
-            and self._due("disk", 40)
-        ):
+        # The rarer faults, once in every CYCLE_S seconds, each at its offset in the cycle
+        # (so that they do not overlap, and a short soak sees each of them once).
+        cycle, offset = divmod(elapsed, CYCLE_S)
+        if self._turn("disk", cycle, offset) and self.volume is not None:
             self._fill_volume()
-        if self.filler is self.corrupt is None and self._due("model", 45):
-            self._corrupt_model()
-        if isinstance(self.fleet, RunFleet) and not self.paused and self._due("supervisor", 35):
-            # (not while a worker is stopped: a stopped process cannot die with its parent)
+        if self._turn("stall", cycle, offset):
+            self._stall_preprocess()
+        if self._turn("supervisor", cycle, offset) and isinstance(self.fleet, RunFleet):
+            # a stopped worker cannot die with its parent: let them go first
+            for pid in list(self.paused):
+                _signal(pid, signal.SIGCONT)
+                del self.paused[pid]
             self.counts["supervisor SIGKILL"] += self.fleet.kill_supervisor()
             return
+        if self._turn("outage", cycle, offset) and isinstance(self.fleet, PodFleet):
+            self._node_outage()
+        if self._turn("model", cycle, offset) and not self._corrupt_model():
+            self.fired["model"] -= 1  # no model yet: again at the next step
         live = [w for w in self.fleet.workers() if int(w["pid"]) not in self.paused]
         if not live:
             return
@@ -356,8 +375,7 @@ class Chaos:
 
     def _stall_preprocess(self) -> None:
         """Every preprocess worker stopped for a long while: gather streams on."""
-        self.stalled = True
-        until = time.monotonic() + max(20.0, self.plan.seconds / 4)
+        until = time.monotonic() + 20.0
         for w in self.fleet.workers():
             if w["stage"] == "preprocess" and _signal(int(w["pid"]), signal.SIGSTOP):
                 self.paused[int(w["pid"])] = until
@@ -367,7 +385,6 @@ class Chaos:
         """Node a stops (every worker on it, for longer than node b's listings lag): node b
         must take its batches over, from listings that show them late."""
         assert isinstance(self.fleet, PodFleet)
-        self.node_out = True
         until = time.monotonic() + 30.0
         for pod in self.fleet.pods:
             if pod.node == 0 and pod.proc is not None and _signal(pod.proc.pid, signal.SIGSTOP):
@@ -377,21 +394,17 @@ class Chaos:
     def _fill_volume(self) -> None:
         assert self.volume is not None
         filler = self.volume / "filler"
-        with open(filler, "wb", buffering=0) as fh:
-            for chunk in (1 << 20, 1 << 12, 1):
-                with contextlib.suppress(OSError):
-                    while True:
-                        fh.write(b"\0" * chunk)
-        self.filler = (filler, time.monotonic() + self.rng.uniform(8, 15))
+        _top_up(filler)
+        self.filler = (filler, time.monotonic() + self.rng.uniform(6, 12))
         self.counts["volume full (ENOSPC)"] += 1
 
-    def _corrupt_model(self) -> None:
-        """models/current pointed at a copy of the champion whose ONNX is cut in half."""
+    def _corrupt_model(self) -> bool:
+        """models/current pointed at a copy of the champion whose ONNX is cut in half (False
+        when there is no champion yet)."""
         registry = ModelRegistry(self.truth / "models")
         good = registry.current()
-        if good is None:
-            self.last.pop("model", None)
-            return
+        if good is None or self.filler is not None:
+            return False
         from fraudpipe.registry import new_name
 
         bad = new_name()
@@ -405,13 +418,16 @@ class Chaos:
         link = registry.root / f".current.{bad}"
         os.symlink(bad, link)
         os.replace(link, registry.root / "current")
-        self.corrupt = (bad, good, time.monotonic() + self.rng.uniform(8, 15))
+        self.corrupt = (bad, good, time.monotonic() + self.rng.uniform(6, 10))
         self.counts["corrupt model promoted"] += 1
+        self.log.append(f"{time.time():.1f} corrupt model {bad} (good {good})")
+        return True
 
     def _heal_model(self) -> None:
         assert self.corrupt is not None
         bad, good, _ = self.corrupt
         registry = ModelRegistry(self.truth / "models")
+        self.log.append(f"{time.time():.1f} healing: current is {registry.current()}")
         if registry.current() == bad:
             registry.promote(good, "soak: the corrupt promotion put right")
         shutil.rmtree(registry.root / bad, ignore_errors=True)
@@ -555,7 +571,9 @@ def run_soak(plan: Plan) -> dict[str, Any]:
         finally:
             chaos.heal()
             fleet.stop()
-        events = _events([*logs.glob("*.log"), *(truth / "run" / "logs").glob("*.log")])
+        if (truth / "run" / "logs").is_dir():  # kept past the volume (for the curious)
+            shutil.copytree(truth / "run" / "logs", logs / "workers", dirs_exist_ok=True)
+        events = _events(list(logs.rglob("*.log")))
         settings = load_settings(config, {"data_dir": truth})
         report = audit(settings, offline_features(replay, config, work / "offline.parquet"))
         problems = report.problems(chaos.poison)
@@ -581,6 +599,7 @@ def run_soak(plan: Plan) -> dict[str, Any]:
         "volume": "tmpfs" if volume is not None else "a plain folder (no ENOSPC faults)",
         "workdir": str(work),
         "problems": problems,
+        "chaos_log": chaos.log,
     }
 
 

@@ -200,7 +200,8 @@ def test_shifted_traffic_is_reported_and_triggers_a_training(tmp_path: Path) -> 
     # The dashboard shows what the live train worker measured, fresh each snapshot.
     status = tmp_path / "status"
     status.mkdir(exist_ok=True)
-    doc = {"worker": "train-x", "stage": "train", "heartbeat_at": time.time(), **stage.status()}
+    doc = {"worker": "train-x", "stage": "train", "pid": 1, "heartbeat_at": time.time()}
+    doc.update(stage.status())
     (status / "train-x.json").write_text(json.dumps(doc))
     collector = Collector(Settings(data_dir=tmp_path), ClusterView(env={}))
     model = collector.snapshot().model
