@@ -68,13 +68,17 @@ class Plan:
     mounts: int = 1
     seed: int = 1
     rate: float = 4000.0  # one simulated day a second, in one batch a second
-    volume_mb: int = 768
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="soak-")))
 
     @property
     def lease_s(self) -> float:
         # over sshfs, attributes may be 2 s stale and times have 1 s resolution
         return 4.0 if self.mounts == 1 else 10.0
+
+    @property
+    def volume_mb(self) -> int:
+        # a simulated day takes about 1.3 MB here (log, feature store, results): twice that
+        return max(768, int(self.days * 2.6) + 300)
 
     @property
     def days(self) -> int:
