@@ -314,6 +314,13 @@ class DashboardSettings(_Section):
         "added when it is a concrete address. Entries: " + _HOST_FORMS + ". One string "
         "(the environment) is a JSON list or names separated by commas.",
     )
+    latency_warn_s: float = Field(
+        10.0,
+        gt=0,
+        description="Warn when the median end-to-end latency (stream entry to score) of the "
+        "rows scored in the last 30 s reaches this many seconds; critical at 3 times it. "
+        "Each notice clears only below half its threshold.",
+    )
     token: SecretStr | None = Field(
         None,
         description="Bearer token the controls require (scale, pause, rate, retrain); "
