@@ -273,6 +273,54 @@ def test_pages_of_other_origins_and_rebound_names_cannot_read_the_stream(
     page.close()
 
 
+# Latency (ms) -> what a tile shows: ms below 1 s, then s, min, h, d; at most 3 digits.
+DURATIONS = {
+    0: "0 ms",
+    0.42: "0.4 ms",
+    12.3: "12 ms",
+    999.4: "999 ms",
+    999.6: "1.0 s",
+    4_500: "4.5 s",
+    99_400: "99 s",
+    99_600: "1.7 min",
+    4_693_742: "78 min",  # what the tiles showed as "4,693,742 ms" after a long pause
+    5_970_000: "1.7 h",
+    7_200_000: "2.0 h",
+    360_000_000: "4.2 d",
+    34_560_000_000: "400 d",
+    106_617_600_000: "1,234 d",
+}
+# Renders the tiles from a snapshot with these latencies; what each tile shows, and whether
+# it fits inside its tile.
+RENDER_LATENCY = """(ms) => {
+  renderTiles({latency: {window_s: 30, rows: 1, p50_ms: ms, p95_ms: ms, p99_ms: ms}});
+  return ["p50", "p95", "p99"].map((q) => {
+    const value = document.querySelector(`#latency-${q}`).closest(".tile-value");
+    return [value.textContent, value.scrollWidth <= value.clientWidth];
+  });
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 700])
+def test_latency_tiles_grow_their_unit_and_never_overflow(
+    run: Run, browser: Any, width: int
+) -> None:
+    page, problems = open_page(browser)
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(run.base + "/")
+    wait_text(page, "#ws-status", "live")
+    shown = page.evaluate(
+        "(values) => values.map((ms) => fmtDuration(ms).join(' '))", list(DURATIONS)
+    )
+    assert dict(zip(DURATIONS, shown, strict=True)) == DURATIONS
+    for ms, text in DURATIONS.items():
+        # The page draws each snapshot within one task: nothing redraws between these lines.
+        tiles = page.evaluate(RENDER_LATENCY, ms)
+        assert tiles == [[text, True]] * 3, (ms, tiles)
+    assert problems == []
+    page.close()
+
+
 def test_controls_need_the_right_token(run: Run) -> None:
     assert run.post("/api/control/retrain", {}, None)[0] == 401
     status, body = run.post("/api/control/retrain", {}, "not-the-token")
