@@ -77,6 +77,13 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "--set-json config.infer.threshold=0.7",
         ),
     ),
+    "only-dashboard": (
+        (),
+        (
+            "stages.gather.enabled=false,stages.preprocess.enabled=false,"
+            "stages.train.enabled=false,stages.infer.enabled=false",
+        ),
+    ),
 }
 # What a cluster with the Prometheus operator serves (for the gated ServiceMonitor).
 WITH_OPERATOR = ("monitoring.coreos.com/v1", "policy/v1", "apps/v1", "v1")
@@ -415,7 +422,7 @@ def test_only_the_dashboard_gets_an_api_token_and_its_role_is_narrow() -> None:
     (binding,) = rendered.kind("RoleBinding")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert rendered.kind("ClusterRole") == [] and rendered.kind("ClusterRoleBinding") == []
-    release_deployments = sorted(d["metadata"]["name"] for d in deps.values())
+    stage_deployments = sorted(d["metadata"]["name"] for s, d in deps.items() if s != "dashboard")
     rules = {
         (tuple(r["apiGroups"]), tuple(r["resources"])): (
             sorted(r["verbs"]),
@@ -424,8 +431,8 @@ def test_only_the_dashboard_gets_an_api_token_and_its_role_is_narrow() -> None:
         for r in role["rules"]
     }
     assert rules == {
-        (("apps",), ("deployments",)): (["get"], release_deployments),
-        (("apps",), ("deployments/scale",)): (["get", "patch", "update"], release_deployments),
+        (("apps",), ("deployments",)): (["get"], stage_deployments),
+        (("apps",), ("deployments/scale",)): (["get", "patch", "update"], stage_deployments),
         (("",), ("pods",)): (["get", "list", "watch"], []),
         (("metrics.k8s.io",), ("pods",)): (["get", "list"], []),
     }
@@ -441,6 +448,30 @@ def test_only_the_dashboard_gets_an_api_token_and_its_role_is_narrow() -> None:
     assert dash["serviceAccountName"] == "fp-fraudpipe"
     assert case("dashboard", api_versions=WITH_OPERATOR).kind("Role")
     assert render(values_from((), ("rbac.create=false",))).kind("Role") == []
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_dashboard_can_scale_the_stages_but_never_itself(name: str) -> None:
+    rendered = case(name)
+    deps = rendered.deployments()
+    if "dashboard" not in deps:
+        assert rendered.kind("Role") == []
+        return
+    (role,) = rendered.kind("Role")
+    stages = sorted(d["metadata"]["name"] for s, d in deps.items() if s != "dashboard")
+    on_deployments = [
+        r for r in role["rules"] if {"deployments", "deployments/scale"} & set(r["resources"])
+    ]
+    for rule in on_deployments:
+        # Named, always: an empty or missing resourceNames would grant every Deployment.
+        assert rule.get("resourceNames"), rule
+        assert deps["dashboard"]["metadata"]["name"] not in rule["resourceNames"], rule
+        assert sorted(rule["resourceNames"]) == stages, rule
+    scale = [r for r in on_deployments if "deployments/scale" in r["resources"]]
+    assert bool(scale) == bool(stages)  # only the dashboard enabled: nothing to scale
+    # Nothing else in the Role writes anything.
+    writes = {"create", "update", "patch", "delete", "deletecollection", "*"}
+    assert all(not writes & set(r["verbs"]) for r in role["rules"] if r not in scale), role
 
 
 # -- the dashboard: its token, its view of the release, its config -----------------------------
@@ -507,7 +538,9 @@ def test_dashboard_knows_exactly_this_releases_deployments_and_pods(name: str) -
     deployments = rendered.deployments()
     env = _env(_container(rendered, "dashboard"))
     listed = json.loads(env["K8S_DEPLOYMENTS"]["value"])
-    assert listed == {stage: d["metadata"]["name"] for stage, d in deployments.items()}
+    assert listed == {
+        stage: d["metadata"]["name"] for stage, d in deployments.items() if stage != "dashboard"
+    }
     # The names its Role lets it scale, no more, no fewer.
     (role,) = rendered.kind("Role")
     (scale,) = [r for r in role["rules"] if r["resources"] == ["deployments/scale"]]

@@ -93,11 +93,13 @@ app.kubernetes.io/component: {{ .stage }}
 {{- toYaml (merge $owned (deepCopy .Values.config)) }}
 {{- end }}
 
-{{/* Deployment name by stage, for every enabled stage, as JSON ({"gather": "<fullname>-gather", ...}). */}}
+{{/* Deployment name by stage, for every enabled stage the dashboard may scale, as JSON
+({"gather": "<fullname>-gather", ...}). Never the dashboard itself: a page with the token
+must not be able to scale away the dashboard it is using, nor scale it up. */}}
 {{- define "fraudpipe.deployments" -}}
 {{- $out := dict }}
 {{- range $name, $s := .Values.stages }}
-{{- if $s.enabled }}
+{{- if and $s.enabled (ne $name "dashboard") }}
 {{- $_ := set $out $name (include "fraudpipe.stageName" (dict "root" $ "stage" $name)) }}
 {{- end }}
 {{- end }}
