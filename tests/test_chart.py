@@ -77,6 +77,13 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "--set-json config.infer.threshold=0.7",
         ),
     ),
+    "cpu-limits": (
+        (),
+        (
+            "stages.infer.resources.limits.cpu=2,stages.infer.device=gpu",
+            "--set-string stages.train.resources.limits.cpu=1500m",
+        ),
+    ),
     "only-dashboard": (
         (),
         (
@@ -474,6 +481,20 @@ def test_the_dashboard_can_scale_the_stages_but_never_itself(name: str) -> None:
     assert all(not writes & set(r["verbs"]) for r in role["rules"] if r not in scale), role
 
 
+def test_no_cpu_limit_by_default_and_a_set_one_is_rendered() -> None:
+    def limits(rendered: Rendered, stage: str) -> dict[str, Any]:
+        return dict(_container(rendered, stage)["resources"].get("limits", {}))
+
+    for name in ("defaults", "kind", "gpu"):
+        rendered = case(name)
+        for stage in rendered.deployments():
+            assert "cpu" not in limits(rendered, stage), (name, stage)
+    rendered = case("cpu-limits")  # infer on gpu with cpu=2, train with cpu=1500m
+    assert limits(rendered, "infer") == {"memory": "2Gi", "cpu": 2, "nvidia.com/gpu": 1}
+    assert limits(rendered, "train") == {"memory": "4Gi", "cpu": "1500m"}
+    assert "cpu" not in limits(rendered, "preprocess")
+
+
 # -- the dashboard: its token, its view of the release, its config -----------------------------
 
 
@@ -601,6 +622,7 @@ def test_configmap_gives_the_dashboard_its_host_and_port(tmp_path: Path) -> None
         ("grafana.dashboard.folder=x", "at '/grafana/dashboard': additional properties 'folder'"),
         ("image.pullPolicy=Sometimes", "at '/image/pullPolicy': value must be one of"),
         ("metrics.port=70000", "at '/metrics/port': maximum: got 70,000, want 65,535"),
+        ("stages.infer.resources.limits.cpu=lots", "at '/stages/infer/resources/limits/cpu'"),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_them(set_expr: str, expected: str) -> None:
