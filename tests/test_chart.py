@@ -25,7 +25,8 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from fraudpipe.config import load_settings
+from fraudpipe.config import ConfigError, load_settings
+from fraudpipe.dashboard.guard import allowed_hosts, host_allowed
 from fraudpipe.metrics import Metrics
 from tests.chart import (
     CHART,
@@ -91,6 +92,7 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "stages.train.enabled=false,stages.infer.enabled=false",
         ),
     ),
+    "dashboard-hosts": ((), ("dashboard.allowedHosts={fraud.example.com,.corp.example}",)),
 }
 # What a cluster with the Prometheus operator serves (for the gated ServiceMonitor).
 WITH_OPERATOR = ("monitoring.coreos.com/v1", "policy/v1", "apps/v1", "v1")
@@ -577,6 +579,31 @@ def test_dashboard_knows_exactly_this_releases_deployments_and_pods(name: str) -
         assert not {"K8S_DEPLOYMENTS", "K8S_POD_SELECTOR"} & set(others), stage
 
 
+@pytest.mark.parametrize("name", ["defaults", "dashboard-hosts", "only-dashboard"])
+def test_the_dashboard_answers_to_port_forwards_its_service_and_the_given_hosts(
+    name: str, tmp_path: Path
+) -> None:
+    rendered = case(name)
+    settings = load_settings(_config_file(rendered, tmp_path))
+    allowed = allowed_hosts(settings.dashboard)  # what the dashboard's Host check uses
+    svc = rendered.get("Service", "fp-fraudpipe-dashboard")["metadata"]["name"]
+    in_cluster = [svc, f"{svc}.{NAMESPACE}", f"{svc}.{NAMESPACE}.svc"]
+    for host in ["127.0.0.1", "localhost", "::1", *in_cluster, f"{in_cluster[-1]}.cluster.local"]:
+        assert host_allowed(host, allowed), host
+    given = name == "dashboard-hosts"  # dashboard.allowedHosts={fraud.example.com,.corp.example}
+    for host in ("fraud.example.com", "corp.example", "dash.corp.example"):
+        assert host_allowed(host, allowed) is given, host
+    for host in ("evil.test", "fp-fraudpipe-dashboard.other", "example.com"):
+        assert not host_allowed(host, allowed), host
+
+
+@pytest.mark.parametrize("name", ["dashboard", "defaults"])
+def test_notes_say_how_to_allow_the_address_of_a_node_port_or_load_balancer(name: str) -> None:
+    notes = case(name).notes
+    exposed = name == "dashboard"  # dashboard.service.type=NodePort
+    assert ("dashboard.allowedHosts" in notes) is exposed, notes
+
+
 def test_configmap_gives_the_dashboard_its_host_and_port(tmp_path: Path) -> None:
     for name, port in (("defaults", 8080), ("dashboard", 8081)):
         rendered = case(name)
@@ -622,6 +649,11 @@ def test_configmap_gives_the_dashboard_its_host_and_port(tmp_path: Path) -> None
         ("grafana.dashboard.folder=x", "at '/grafana/dashboard': additional properties 'folder'"),
         ("image.pullPolicy=Sometimes", "at '/image/pullPolicy': value must be one of"),
         ("metrics.port=70000", "at '/metrics/port': maximum: got 70,000, want 65,535"),
+        (
+            "dashboard.allowedHosts[0]=https://fraud.example.com",
+            "at '/dashboard/allowedHosts/0': 'https://fraud.example.com' does not match pattern",
+        ),
+        ("dashboard.allowedHosts[0]=fraud.example.com:443", "at '/dashboard/allowedHosts/0'"),
         ("stages.infer.resources.limits.cpu=lots", "at '/stages/infer/resources/limits/cpu'"),
     ],
 )
@@ -629,6 +661,43 @@ def test_bad_values_fail_with_a_message_naming_them(set_expr: str, expected: str
     with pytest.raises(helm_python.HelmValuesError) as err:
         render(values_from((), (set_expr,)))
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "fraud.example.com",
+        "FRAUD.example.com",
+        ".example.com",
+        "*.example.com",
+        "*",
+        "10.0.0.5",
+        "[fd00::1]",
+        "my_host.local.",
+        "https://fraud.example.com",
+        "fraud.example.com:443",
+        "fraud.example.com/",
+        "::1",
+        "[::zz]",
+        "*.",
+        "a b",
+        "",
+        "-bad.example.com",
+    ],
+)
+def test_the_chart_and_the_dashboard_agree_on_allowed_hosts(entry: str) -> None:
+    """What helm accepts for dashboard.allowedHosts, the dashboard accepts from its config."""
+    try:
+        render(values_from((), (f"--set-json dashboard.allowedHosts={json.dumps([entry])}",)))
+        chart_ok = True
+    except helm_python.HelmValuesError:
+        chart_ok = False
+    try:
+        load_settings(overrides={"dashboard.allowed_hosts": [entry]})
+        config_ok = True
+    except ConfigError:
+        config_ok = False
+    assert chart_ok == config_ok, (entry, chart_ok, config_ok)
 
 
 def test_config_schema_is_generated_from_the_configuration_model() -> None:
