@@ -85,6 +85,16 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "--set-string stages.train.resources.limits.cpu=1500m",
         ),
     ),
+    "network-peers": (
+        (),
+        (
+            "--set-json networkPolicy.metrics.from="
+            '[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]',
+            "--set-json networkPolicy.dashboard.from="
+            '[{"ipBlock":{"cidr":"10.0.0.0/8","except":["10.9.0.0/16"]}}]',
+        ),
+    ),
+    "no-network-policy": ((), ("networkPolicy.enabled=false",)),
     "only-dashboard": (
         (),
         (
@@ -107,6 +117,7 @@ ALLOWED_KINDS = {
     ("apps/v1", "Deployment"),
     ("rbac.authorization.k8s.io/v1", "Role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
     ("policy/v1", "PodDisruptionBudget"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
@@ -497,6 +508,89 @@ def test_no_cpu_limit_by_default_and_a_set_one_is_rendered() -> None:
     assert "cpu" not in limits(rendered, "preprocess")
 
 
+# -- network policies -----------------------------------------------------------------------------
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) selects these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if not {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]:
+            return False
+    return True
+
+
+def _admitted(rendered: Rendered, labels: dict[str, str]) -> tuple[bool, list[tuple[Any, Any]]]:
+    """How the policies treat ingress to a pod with these labels: (isolated, the (port,
+    peers) pairs let in), as a network plugin computes it. A rule without `ports` lets in every
+    port ("*"); without `from`, anyone ("anyone")."""
+    isolated, admitted = False, []
+    for policy in rendered.kind("NetworkPolicy"):
+        spec = policy["spec"]
+        if "Ingress" not in spec["policyTypes"] or not _selects(spec["podSelector"], labels):
+            continue
+        isolated = True
+        for rule in spec.get("ingress") or []:
+            peers = rule.get("from") or "anyone"
+            for port in rule.get("ports") or [{"port": "*"}]:
+                admitted.append((port["port"], peers))
+    return isolated, admitted
+
+
+def _pods(rendered: Rendered) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+    """(component, labels, pod spec) of every pod the release runs, the helm test pod too."""
+    pods = [
+        (c, d["spec"]["template"]["metadata"]["labels"], d["spec"]["template"]["spec"])
+        for c, d in rendered.deployments().items()
+    ]
+    return pods + [
+        (d["metadata"]["labels"]["app.kubernetes.io/component"], d["metadata"]["labels"], d["spec"])
+        for d in rendered.kind("Pod")
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"no-network-policy"}))
+def test_network_policies_let_in_only_metrics_and_the_dashboard_port(name: str) -> None:
+    rendered = case(name)
+    policy_values = _values(*CASES[name]).get("networkPolicy", {})
+    metrics_from = policy_values.get("metrics", {}).get("from")
+    dashboard_from = policy_values.get("dashboard", {}).get("from")
+    for policy in rendered.kind("NetworkPolicy"):
+        # Egress stays open (values.yaml says why); only ingress is restricted.
+        assert policy["spec"]["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        assert policy["metadata"]["namespace"] == NAMESPACE
+    pods = _pods(rendered)
+    assert {c for c, _, _ in pods} >= {"test"}
+    for component, labels, spec in pods:
+        isolated, admitted = _admitted(rendered, labels)
+        assert isolated, f"{component}: no policy selects its pods, so everything gets in"
+        named = {p["name"] for c in spec["containers"] for p in c.get("ports", [])}
+        ports = {port for port, _ in admitted}
+        # Each let-in port is one the pod serves: a wrong name would shut out Prometheus.
+        assert ports <= named, (component, ports, named)
+        expected = {
+            "test": set(),
+            "dashboard": {"metrics", "http"},
+        }.get(component, {"metrics"})
+        assert ports == expected, (component, admitted)
+        for port, peers in admitted:
+            wanted = {"metrics": metrics_from, "http": dashboard_from}[port] or "anyone"
+            assert peers == wanted, (component, port, peers)
+
+
+def test_network_policies_are_on_by_default_and_can_be_turned_off() -> None:
+    names = {p["metadata"]["name"] for p in case("defaults").kind("NetworkPolicy")}
+    assert names == {"fp-fraudpipe-deny-ingress", "fp-fraudpipe-metrics", "fp-fraudpipe-dashboard"}
+    assert case("no-network-policy").kind("NetworkPolicy") == []
+
+
 # -- the dashboard: its token, its view of the release, its config -----------------------------
 
 
@@ -654,6 +748,16 @@ def test_configmap_gives_the_dashboard_its_host_and_port(tmp_path: Path) -> None
             "at '/dashboard/allowedHosts/0': 'https://fraud.example.com' does not match pattern",
         ),
         ("dashboard.allowedHosts[0]=fraud.example.com:443", "at '/dashboard/allowedHosts/0'"),
+        ("networkPolicy.enabled=yes", "at '/networkPolicy/enabled': got string, want boolean"),
+        (
+            "networkPolicy.metrics.from[0].ipBlock.except[0]=10.0.0.0/8",
+            "at '/networkPolicy/metrics/from/0/ipBlock': missing property 'cidr'",
+        ),
+        (
+            "networkPolicy.dashboard.from[0].everyone=true",
+            "at '/networkPolicy/dashboard/from/0': additional properties 'everyone' not allowed",
+        ),
+        ("networkPolicy.egress=true", "at '/networkPolicy': additional properties 'egress'"),
         ("stages.infer.resources.limits.cpu=lots", "at '/stages/infer/resources/limits/cpu'"),
     ],
 )
