@@ -97,7 +97,7 @@ class Guard:
     def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
         self.app = app
         self.allowed = allowed
-        self.headers = security_headers(PAGE_POLICY)
+        self.security = security_headers(PAGE_POLICY)
 
     def refusal(self, scope: Scope) -> JSONResponse | None:
         """The answer to a request this port does not serve, or None to serve it."""
@@ -137,7 +137,7 @@ class Guard:
         async def send_with_headers(message: Message) -> None:
             if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 headers = MutableHeaders(scope=message)
-                for name, value in self.headers.items():
+                for name, value in self.security.items():
                     headers[name] = value
                 if "cache-control" not in headers:
                     headers["Cache-Control"] = "no-store"
