@@ -46,6 +46,7 @@ def test_source_order_defaults_yaml_env_flags(
         ),
         ("dashboard:\n  allowed_hosts: ['x.example.com:8080']\n", ["allowed_hosts.0", "port"]),
         ("dashboard:\n  allowed_hosts: ['[::zz]']\n", ["allowed_hosts.0", "'[::zz]'"]),
+        ("dashboard:\n  allowed_hosts: ['[1::2::3]']\n", ["allowed_hosts.0", "'[1::2::3]'"]),
         ("dashboard:\n  allowed_hosts: ['::1']\n", ["allowed_hosts.0", "[IPv6]"]),
         ("dashboard:\n  latency_warn_s: 0\n", ["dashboard.latency_warn_s", "greater than 0"]),
     ],
