@@ -2,9 +2,10 @@
 
 The chart's `config` value is the worker's configuration (same names, same limits), so its
 schema is generated from `fraudpipe.config.Settings`, minus what the chart owns (`data_dir` is
-persistence.mountPath, `metrics` is metrics.port, `dashboard` is dashboard.port and its token
-Secret). `python scripts/chart_schema.py` rewrites the file; `--check` exits 1 when it is out of
-date (the chart tests run the same comparison).
+persistence.mountPath, `metrics` is metrics.port, `dashboard` is dashboard.port, its token
+Secret and dashboard.allowedHosts, whose items get the model's own pattern). `python
+scripts/chart_schema.py` rewrites the file; `--check` exits 1 when it is out of date (the chart
+tests run the same comparison).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fraudpipe.config import Settings
+from fraudpipe.config import DashboardSettings, Settings
 
 SCHEMA = Path(__file__).resolve().parent.parent / "chart" / "values.schema.json"
 CHART_OWNED = ("data_dir", "metrics", "dashboard")
@@ -52,7 +53,10 @@ def config_schema() -> tuple[dict[str, Any], dict[str, Any]]:
 def synced(schema: dict[str, Any]) -> dict[str, Any]:
     config, definitions = config_schema()
     out = dict(schema)
-    out["properties"] = {**schema["properties"], "config": config}
+    dashboard = json.loads(json.dumps(schema["properties"]["dashboard"]))
+    hosts = DashboardSettings.model_json_schema()["properties"]["allowed_hosts"]["items"]
+    dashboard["properties"]["allowedHosts"]["items"] = hosts
+    out["properties"] = {**schema["properties"], "config": config, "dashboard": dashboard}
     kept = {k: v for k, v in schema.get("definitions", {}).items() if not k.endswith("Settings")}
     out["definitions"] = {**kept, **definitions}
     return out

@@ -25,7 +25,8 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from fraudpipe.config import load_settings
+from fraudpipe.config import ConfigError, load_settings
+from fraudpipe.dashboard.guard import allowed_hosts, host_allowed
 from fraudpipe.metrics import Metrics
 from tests.chart import (
     CHART,
@@ -77,6 +78,31 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "--set-json config.infer.threshold=0.7",
         ),
     ),
+    "cpu-limits": (
+        (),
+        (
+            "stages.infer.resources.limits.cpu=2,stages.infer.device=gpu",
+            "--set-string stages.train.resources.limits.cpu=1500m",
+        ),
+    ),
+    "network-peers": (
+        (),
+        (
+            "--set-json networkPolicy.metrics.from="
+            '[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]',
+            "--set-json networkPolicy.dashboard.from="
+            '[{"ipBlock":{"cidr":"10.0.0.0/8","except":["10.9.0.0/16"]}}]',
+        ),
+    ),
+    "no-network-policy": ((), ("networkPolicy.enabled=false",)),
+    "only-dashboard": (
+        (),
+        (
+            "stages.gather.enabled=false,stages.preprocess.enabled=false,"
+            "stages.train.enabled=false,stages.infer.enabled=false",
+        ),
+    ),
+    "dashboard-hosts": ((), ("dashboard.allowedHosts={fraud.example.com,.corp.example}",)),
 }
 # What a cluster with the Prometheus operator serves (for the gated ServiceMonitor).
 WITH_OPERATOR = ("monitoring.coreos.com/v1", "policy/v1", "apps/v1", "v1")
@@ -91,6 +117,7 @@ ALLOWED_KINDS = {
     ("apps/v1", "Deployment"),
     ("rbac.authorization.k8s.io/v1", "Role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
     ("policy/v1", "PodDisruptionBudget"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
@@ -415,7 +442,7 @@ def test_only_the_dashboard_gets_an_api_token_and_its_role_is_narrow() -> None:
     (binding,) = rendered.kind("RoleBinding")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert rendered.kind("ClusterRole") == [] and rendered.kind("ClusterRoleBinding") == []
-    release_deployments = sorted(d["metadata"]["name"] for d in deps.values())
+    stage_deployments = sorted(d["metadata"]["name"] for s, d in deps.items() if s != "dashboard")
     rules = {
         (tuple(r["apiGroups"]), tuple(r["resources"])): (
             sorted(r["verbs"]),
@@ -424,8 +451,8 @@ def test_only_the_dashboard_gets_an_api_token_and_its_role_is_narrow() -> None:
         for r in role["rules"]
     }
     assert rules == {
-        (("apps",), ("deployments",)): (["get"], release_deployments),
-        (("apps",), ("deployments/scale",)): (["get", "patch", "update"], release_deployments),
+        (("apps",), ("deployments",)): (["get"], stage_deployments),
+        (("apps",), ("deployments/scale",)): (["get", "patch", "update"], stage_deployments),
         (("",), ("pods",)): (["get", "list", "watch"], []),
         (("metrics.k8s.io",), ("pods",)): (["get", "list"], []),
     }
@@ -441,6 +468,127 @@ def test_only_the_dashboard_gets_an_api_token_and_its_role_is_narrow() -> None:
     assert dash["serviceAccountName"] == "fp-fraudpipe"
     assert case("dashboard", api_versions=WITH_OPERATOR).kind("Role")
     assert render(values_from((), ("rbac.create=false",))).kind("Role") == []
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_dashboard_can_scale_the_stages_but_never_itself(name: str) -> None:
+    rendered = case(name)
+    deps = rendered.deployments()
+    if "dashboard" not in deps:
+        assert rendered.kind("Role") == []
+        return
+    (role,) = rendered.kind("Role")
+    stages = sorted(d["metadata"]["name"] for s, d in deps.items() if s != "dashboard")
+    on_deployments = [
+        r for r in role["rules"] if {"deployments", "deployments/scale"} & set(r["resources"])
+    ]
+    for rule in on_deployments:
+        # Named, always: an empty or missing resourceNames would grant every Deployment.
+        assert rule.get("resourceNames"), rule
+        assert deps["dashboard"]["metadata"]["name"] not in rule["resourceNames"], rule
+        assert sorted(rule["resourceNames"]) == stages, rule
+    scale = [r for r in on_deployments if "deployments/scale" in r["resources"]]
+    assert bool(scale) == bool(stages)  # only the dashboard enabled: nothing to scale
+    # Nothing else in the Role writes anything.
+    writes = {"create", "update", "patch", "delete", "deletecollection", "*"}
+    assert all(not writes & set(r["verbs"]) for r in role["rules"] if r not in scale), role
+
+
+def test_no_cpu_limit_by_default_and_a_set_one_is_rendered() -> None:
+    def limits(rendered: Rendered, stage: str) -> dict[str, Any]:
+        return dict(_container(rendered, stage)["resources"].get("limits", {}))
+
+    for name in ("defaults", "kind", "gpu"):
+        rendered = case(name)
+        for stage in rendered.deployments():
+            assert "cpu" not in limits(rendered, stage), (name, stage)
+    rendered = case("cpu-limits")  # infer on gpu with cpu=2, train with cpu=1500m
+    assert limits(rendered, "infer") == {"memory": "2Gi", "cpu": 2, "nvidia.com/gpu": 1}
+    assert limits(rendered, "train") == {"memory": "4Gi", "cpu": "1500m"}
+    assert "cpu" not in limits(rendered, "preprocess")
+
+
+# -- network policies -----------------------------------------------------------------------------
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) selects these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if not {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]:
+            return False
+    return True
+
+
+def _admitted(rendered: Rendered, labels: dict[str, str]) -> tuple[bool, list[tuple[Any, Any]]]:
+    """How the policies treat ingress to a pod with these labels: (isolated, the (port,
+    peers) pairs let in), as a network plugin computes it. A rule without `ports` lets in every
+    port ("*"); without `from`, anyone ("anyone")."""
+    isolated, admitted = False, []
+    for policy in rendered.kind("NetworkPolicy"):
+        spec = policy["spec"]
+        if "Ingress" not in spec["policyTypes"] or not _selects(spec["podSelector"], labels):
+            continue
+        isolated = True
+        for rule in spec.get("ingress") or []:
+            peers = rule.get("from") or "anyone"
+            for port in rule.get("ports") or [{"port": "*"}]:
+                admitted.append((port["port"], peers))
+    return isolated, admitted
+
+
+def _pods(rendered: Rendered) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+    """(component, labels, pod spec) of every pod the release runs, the helm test pod too."""
+    pods = [
+        (c, d["spec"]["template"]["metadata"]["labels"], d["spec"]["template"]["spec"])
+        for c, d in rendered.deployments().items()
+    ]
+    return pods + [
+        (d["metadata"]["labels"]["app.kubernetes.io/component"], d["metadata"]["labels"], d["spec"])
+        for d in rendered.kind("Pod")
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"no-network-policy"}))
+def test_network_policies_let_in_only_metrics_and_the_dashboard_port(name: str) -> None:
+    rendered = case(name)
+    policy_values = _values(*CASES[name]).get("networkPolicy", {})
+    metrics_from = policy_values.get("metrics", {}).get("from")
+    dashboard_from = policy_values.get("dashboard", {}).get("from")
+    for policy in rendered.kind("NetworkPolicy"):
+        # Egress stays open (values.yaml says why); only ingress is restricted.
+        assert policy["spec"]["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        assert policy["metadata"]["namespace"] == NAMESPACE
+    pods = _pods(rendered)
+    assert {c for c, _, _ in pods} >= {"test"}
+    for component, labels, spec in pods:
+        isolated, admitted = _admitted(rendered, labels)
+        assert isolated, f"{component}: no policy selects its pods, so everything gets in"
+        named = {p["name"] for c in spec["containers"] for p in c.get("ports", [])}
+        ports = {port for port, _ in admitted}
+        # Each let-in port is one the pod serves: a wrong name would shut out Prometheus.
+        assert ports <= named, (component, ports, named)
+        expected = {
+            "test": set(),
+            "dashboard": {"metrics", "http"},
+        }.get(component, {"metrics"})
+        assert ports == expected, (component, admitted)
+        for port, peers in admitted:
+            wanted = {"metrics": metrics_from, "http": dashboard_from}[port] or "anyone"
+            assert peers == wanted, (component, port, peers)
+
+
+def test_network_policies_are_on_by_default_and_can_be_turned_off() -> None:
+    names = {p["metadata"]["name"] for p in case("defaults").kind("NetworkPolicy")}
+    assert names == {"fp-fraudpipe-deny-ingress", "fp-fraudpipe-metrics", "fp-fraudpipe-dashboard"}
+    assert case("no-network-policy").kind("NetworkPolicy") == []
 
 
 # -- the dashboard: its token, its view of the release, its config -----------------------------
@@ -507,7 +655,9 @@ def test_dashboard_knows_exactly_this_releases_deployments_and_pods(name: str) -
     deployments = rendered.deployments()
     env = _env(_container(rendered, "dashboard"))
     listed = json.loads(env["K8S_DEPLOYMENTS"]["value"])
-    assert listed == {stage: d["metadata"]["name"] for stage, d in deployments.items()}
+    assert listed == {
+        stage: d["metadata"]["name"] for stage, d in deployments.items() if stage != "dashboard"
+    }
     # The names its Role lets it scale, no more, no fewer.
     (role,) = rendered.kind("Role")
     (scale,) = [r for r in role["rules"] if r["resources"] == ["deployments/scale"]]
@@ -521,6 +671,31 @@ def test_dashboard_knows_exactly_this_releases_deployments_and_pods(name: str) -
     for stage in set(deployments) - {"dashboard"}:
         others = _env(_container(rendered, stage))
         assert not {"K8S_DEPLOYMENTS", "K8S_POD_SELECTOR"} & set(others), stage
+
+
+@pytest.mark.parametrize("name", ["defaults", "dashboard-hosts", "only-dashboard"])
+def test_the_dashboard_answers_to_port_forwards_its_service_and_the_given_hosts(
+    name: str, tmp_path: Path
+) -> None:
+    rendered = case(name)
+    settings = load_settings(_config_file(rendered, tmp_path))
+    allowed = allowed_hosts(settings.dashboard)  # what the dashboard's Host check uses
+    svc = rendered.get("Service", "fp-fraudpipe-dashboard")["metadata"]["name"]
+    in_cluster = [svc, f"{svc}.{NAMESPACE}", f"{svc}.{NAMESPACE}.svc"]
+    for host in ["127.0.0.1", "localhost", "::1", *in_cluster, f"{in_cluster[-1]}.cluster.local"]:
+        assert host_allowed(host, allowed), host
+    given = name == "dashboard-hosts"  # dashboard.allowedHosts={fraud.example.com,.corp.example}
+    for host in ("fraud.example.com", "corp.example", "dash.corp.example"):
+        assert host_allowed(host, allowed) is given, host
+    for host in ("evil.test", "fp-fraudpipe-dashboard.other", "example.com"):
+        assert not host_allowed(host, allowed), host
+
+
+@pytest.mark.parametrize("name", ["dashboard", "defaults"])
+def test_notes_say_how_to_allow_the_address_of_a_node_port_or_load_balancer(name: str) -> None:
+    notes = case(name).notes
+    exposed = name == "dashboard"  # dashboard.service.type=NodePort
+    assert ("dashboard.allowedHosts" in notes) is exposed, notes
 
 
 def test_configmap_gives_the_dashboard_its_host_and_port(tmp_path: Path) -> None:
@@ -568,12 +743,65 @@ def test_configmap_gives_the_dashboard_its_host_and_port(tmp_path: Path) -> None
         ("grafana.dashboard.folder=x", "at '/grafana/dashboard': additional properties 'folder'"),
         ("image.pullPolicy=Sometimes", "at '/image/pullPolicy': value must be one of"),
         ("metrics.port=70000", "at '/metrics/port': maximum: got 70,000, want 65,535"),
+        (
+            "dashboard.allowedHosts[0]=https://fraud.example.com",
+            "at '/dashboard/allowedHosts/0': 'https://fraud.example.com' does not match pattern",
+        ),
+        ("dashboard.allowedHosts[0]=fraud.example.com:443", "at '/dashboard/allowedHosts/0'"),
+        ("networkPolicy.enabled=yes", "at '/networkPolicy/enabled': got string, want boolean"),
+        (
+            "networkPolicy.metrics.from[0].ipBlock.except[0]=10.0.0.0/8",
+            "at '/networkPolicy/metrics/from/0/ipBlock': missing property 'cidr'",
+        ),
+        (
+            "networkPolicy.dashboard.from[0].everyone=true",
+            "at '/networkPolicy/dashboard/from/0': additional properties 'everyone' not allowed",
+        ),
+        ("networkPolicy.egress=true", "at '/networkPolicy': additional properties 'egress'"),
+        ("stages.infer.resources.limits.cpu=lots", "at '/stages/infer/resources/limits/cpu'"),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_them(set_expr: str, expected: str) -> None:
     with pytest.raises(helm_python.HelmValuesError) as err:
         render(values_from((), (set_expr,)))
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "fraud.example.com",
+        "FRAUD.example.com",
+        ".example.com",
+        "*.example.com",
+        "*",
+        "10.0.0.5",
+        "[fd00::1]",
+        "my_host.local.",
+        "https://fraud.example.com",
+        "fraud.example.com:443",
+        "fraud.example.com/",
+        "::1",
+        "[::zz]",
+        "*.",
+        "a b",
+        "",
+        "-bad.example.com",
+    ],
+)
+def test_the_chart_and_the_dashboard_agree_on_allowed_hosts(entry: str) -> None:
+    """What helm accepts for dashboard.allowedHosts, the dashboard accepts from its config."""
+    try:
+        render(values_from((), (f"--set-json dashboard.allowedHosts={json.dumps([entry])}",)))
+        chart_ok = True
+    except helm_python.HelmValuesError:
+        chart_ok = False
+    try:
+        load_settings(overrides={"dashboard.allowed_hosts": [entry]})
+        config_ok = True
+    except ConfigError:
+        config_ok = False
+    assert chart_ok == config_ok, (entry, chart_ok, config_ok)
 
 
 def test_config_schema_is_generated_from_the_configuration_model() -> None:

@@ -40,6 +40,15 @@ def test_source_order_defaults_yaml_env_flags(
         ("queue:\n  leese_s: 3\n", ["queue.leese_s", "unknown field"]),
         ("gather:\n  source: replay\n", ["replay.path is not set"]),
         ("- a list\n", ["must hold a mapping"]),
+        (
+            "dashboard:\n  allowed_hosts: [ok.example.com, 'http://x.example.com']\n",
+            ["dashboard.allowed_hosts.1", "'http://x.example.com'", "without scheme or port"],
+        ),
+        ("dashboard:\n  allowed_hosts: ['x.example.com:8080']\n", ["allowed_hosts.0", "port"]),
+        ("dashboard:\n  allowed_hosts: ['[::zz]']\n", ["allowed_hosts.0", "'[::zz]'"]),
+        ("dashboard:\n  allowed_hosts: ['[1::2::3]']\n", ["allowed_hosts.0", "'[1::2::3]'"]),
+        ("dashboard:\n  allowed_hosts: ['::1']\n", ["allowed_hosts.0", "[IPv6]"]),
+        ("dashboard:\n  latency_warn_s: 0\n", ["dashboard.latency_warn_s", "greater than 0"]),
     ],
 )
 def test_bad_values_name_field_value_and_expectation(
@@ -65,6 +74,33 @@ def test_cli_exits_2_naming_the_field(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "queue.lease_s = '-1'" in proc.stderr and "greater than 0" in proc.stderr
     assert "FRAUDPIPE_QUEUE__LEASE_S" in proc.stderr
+
+
+def test_allowed_hosts_from_the_environment_comma_separated_or_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().dashboard.allowed_hosts == ["localhost", "127.0.0.1", "[::1]"]
+    monkeypatch.setenv("FRAUDPIPE_DASHBOARD__ALLOWED_HOSTS", "Fraud.Example.com, .corp.io,[::1]")
+    assert load_settings().dashboard.allowed_hosts == ["fraud.example.com", ".corp.io", "[::1]"]
+    monkeypatch.setenv("FRAUDPIPE_DASHBOARD__ALLOWED_HOSTS", '["*.corp.io", "10.0.0.5"]')
+    assert load_settings().dashboard.allowed_hosts == ["*.corp.io", "10.0.0.5"]
+    monkeypatch.setenv("FRAUDPIPE_DASHBOARD__ALLOWED_HOSTS", '["a.corp.io"')
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "dashboard.allowed_hosts" in str(info.value) and "not a JSON list" in str(info.value)
+
+
+def test_cli_exits_2_naming_a_bad_allowed_host_and_its_variable(tmp_path: Path) -> None:
+    proc = fraudpipe(
+        "worker",
+        "--stage=dashboard",
+        "--data-dir",
+        str(tmp_path),
+        env={"FRAUDPIPE_DASHBOARD__ALLOWED_HOSTS": "ok.example.com,https://bad.example.com"},
+    )
+    assert proc.returncode == 2
+    assert "dashboard.allowed_hosts.1 = 'https://bad.example.com'" in proc.stderr
+    assert "[env FRAUDPIPE_DASHBOARD__ALLOWED_HOSTS]" in proc.stderr
 
 
 def test_cli_rejects_unknown_stage_and_missing_config(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +41,19 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # A name an attacker controls, resolved to the dashboard's address (DNS rebinding).
+    "--host-resolver-rules=MAP rebind.test 127.0.0.1",
+    # Chromium's Local Network Access checks stop a public page's connections to loopback
+    # before they reach the dashboard; browsers without them do not: the dashboard's own
+    # refusals are what the tests must see.
+    "--disable-features=LocalNetworkAccessChecks",
 ]
+# Opens a WebSocket from the page; resolves to what came of it.
+READ_STREAM = """(url) => new Promise((resolve) => {
+  const ws = new WebSocket(url);
+  ws.onmessage = (m) => { resolve(`read ${JSON.parse(m.data).kind}`); ws.close(); };
+  ws.onclose = (e) => resolve(`closed ${e.code}`);
+})"""
 
 
 @dataclass
@@ -112,6 +125,36 @@ def _number(text: str) -> float:
     return float(text.replace(",", "").split()[0])
 
 
+def open_page(browser: Any) -> tuple[Any, list[str]]:
+    """A new page, and what goes wrong in it: uncaught errors, console errors, and every
+    Content-Security-Policy violation (a blocked script, style, image or connection). An
+    HTTP error status the test provokes (401 without the token) is not a problem."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+
+    def console(message: Any) -> None:
+        if message.type == "error" and not message.text.startswith(
+            "Failed to load resource: the server responded with a status of"
+        ):
+            problems.append(f"console: {message.text}")
+
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", console)
+    page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', (e) => console.error("
+        "`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`))"
+    )
+    return page, problems
+
+
+def wait_text(page: Any, selector: str, text: str | re.Pattern[str], timeout: float = 30) -> None:
+    """Wait until an element matching selector shows text (a substring, or a pattern).
+
+    Through Playwright's locators: its wait_for_function evaluates strings with eval, which the
+    page's Content-Security-Policy rightly forbids."""
+    page.locator(selector).filter(has_text=text).first.wait_for(timeout=timeout * 1000)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
@@ -145,16 +188,14 @@ def test_payload_matches_the_documented_schema(run: Run) -> None:
 def test_page_updates_from_the_websocket_shows_reasons_and_refuses_without_token(
     run: Run, browser: Any
 ) -> None:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
     frames: list[dict[str, Any]] = []
+    page, problems = open_page(browser)
     page.on(
         "websocket",
         lambda ws: ws.on("framereceived", lambda payload: frames.append(json.loads(payload))),
     )
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(run.base + "/")  # no token in the URL: the page holds none
-    page.wait_for_function("document.querySelector('#ws-status').textContent.includes('live')")
+    wait_text(page, "#ws-status", "live")
     wait_until("scoring", lambda: run.get("/api/snapshot")["throughput"]["end_to_end_rows_per_s"])
 
     # The numbers follow the WebSocket: each shown value is the one of a frame just received.
@@ -187,9 +228,7 @@ def test_page_updates_from_the_websocket_shows_reasons_and_refuses_without_token
     assert "token is required" in (page.text_content("#control-result") or "")
     assert not (run.data / "control" / "generation.json").exists()
     page.click("#retrain-button")
-    page.wait_for_function(
-        "document.querySelector('#control-result').textContent.includes('token')"
-    )
+    wait_text(page, "#control-result", "token")
     assert not (run.data / "control" / "train-now").exists()
 
     # With the token the same button works.
@@ -198,22 +237,88 @@ def test_page_updates_from_the_websocket_shows_reasons_and_refuses_without_token
     page.click("#pause-button")
     page.wait_for_selector("#control-result.ok")
     assert json.loads((run.data / "control" / "generation.json").read_text())["paused"] is True
-    page.wait_for_function(
-        "[...document.querySelectorAll('#warnings li')]"
-        ".some(li => li.textContent.includes('paused'))"
-    )
+    wait_text(page, "#warnings li", "paused")
     page.click("#resume-button")
-    page.wait_for_function(
-        "document.querySelector('#control-result').textContent.includes('running')"
-    )
+    wait_text(page, "#control-result", "running")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-    assert errors == []
+    assert problems == []  # the Content-Security-Policy blocked nothing the page needs
     page.close()
 
 
 def _pending(frame: dict[str, Any], topic: str) -> int:
     return next(b["pending"] for b in frame["backlog"] if b["topic"] == topic)
+
+
+def test_pages_of_other_origins_and_rebound_names_cannot_read_the_stream(
+    run: Run, browser: Any
+) -> None:
+    port = urllib.parse.urlsplit(run.base).port
+    stream = f"ws://127.0.0.1:{port}/ws"
+    page, problems = open_page(browser)
+    page.goto(run.base + "/")
+    assert page.evaluate(READ_STREAM, stream) == "read snapshot"  # its own origin: served
+    # A page of another site open in the same browser: the handshake is refused (403).
+    page.route("http://attacker.test/", lambda route: route.fulfill(body="<p>hi</p>"))
+    page.goto("http://attacker.test/")
+    assert page.evaluate(READ_STREAM, stream) == "closed 1006"
+    assert [p for p in problems if "Unexpected response code: 403" in p], problems
+    # DNS rebinding: rebind.test now points at the dashboard; its Host is refused (400).
+    answer = page.goto(f"http://rebind.test:{port}/api/snapshot")
+    assert answer is not None and answer.status == 400
+    assert "'rebind.test' is not allowed" in answer.text()
+    assert "dashboard.allowed_hosts" in answer.text()
+    assert page.evaluate(READ_STREAM, f"ws://rebind.test:{port}/ws") == "closed 1006"
+    assert [p for p in problems if "Unexpected response code: 400" in p], problems
+    page.close()
+
+
+# Latency (ms) -> what a tile shows: ms below 1 s, then s, min, h, d; at most 3 digits.
+DURATIONS = {
+    0: "0 ms",
+    0.42: "0.4 ms",
+    12.3: "12 ms",
+    999.4: "999 ms",
+    999.6: "1.0 s",
+    4_500: "4.5 s",
+    99_400: "99 s",
+    99_600: "1.7 min",
+    4_693_742: "78 min",  # what the tiles showed as "4,693,742 ms" after a long pause
+    5_970_000: "1.7 h",
+    7_200_000: "2.0 h",
+    360_000_000: "4.2 d",
+    34_560_000_000: "400 d",
+    106_617_600_000: "1,234 d",
+}
+# Renders the tiles from a snapshot with these latencies; what each tile shows, and whether
+# it fits inside its tile.
+RENDER_LATENCY = """(ms) => {
+  renderTiles({latency: {window_s: 30, rows: 1, p50_ms: ms, p95_ms: ms, p99_ms: ms}});
+  return ["p50", "p95", "p99"].map((q) => {
+    const value = document.querySelector(`#latency-${q}`).closest(".tile-value");
+    return [value.textContent, value.scrollWidth <= value.clientWidth];
+  });
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 700])
+def test_latency_tiles_grow_their_unit_and_never_overflow(
+    run: Run, browser: Any, width: int
+) -> None:
+    page, problems = open_page(browser)
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(run.base + "/")
+    wait_text(page, "#ws-status", "live")
+    shown = page.evaluate(
+        "(values) => values.map((ms) => fmtDuration(ms).join(' '))", list(DURATIONS)
+    )
+    assert dict(zip(DURATIONS, shown, strict=True)) == DURATIONS
+    for ms, text in DURATIONS.items():
+        # The page draws each snapshot within one task: nothing redraws between these lines.
+        tiles = page.evaluate(RENDER_LATENCY, ms)
+        assert tiles == [[text, True]] * 3, (ms, tiles)
+    assert problems == []
+    page.close()
 
 
 def test_controls_need_the_right_token(run: Run) -> None:
@@ -255,9 +360,9 @@ def test_without_a_configured_token_the_dashboard_is_read_only(run: Run, tmp_pat
 
 
 def test_a_stopped_pipeline_shows_a_stall_and_rates_fall_to_zero(run: Run, browser: Any) -> None:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page, _ = open_page(browser)
     page.goto(run.base + "/")
-    page.wait_for_function("document.querySelector('#ws-status').textContent.includes('live')")
+    wait_text(page, "#ws-status", "live")
     wait_until("scoring", lambda: run.get("/api/snapshot")["throughput"]["end_to_end_rows_per_s"])
     # Stop every stage worker in its tracks (the dashboard and the supervisor keep running).
     frozen = [w["pid"] for w in read_status(run.data / "status")]
@@ -278,11 +383,8 @@ def test_a_stopped_pipeline_shows_a_stall_and_rates_fall_to_zero(run: Run, brows
         )
         messages = [w["message"] for w in snap["warnings"] if w["level"] == "critical"]
         assert any("no live worker" in m for m in messages), messages
-        page.wait_for_function("document.querySelector('#e2e-rate').textContent.trim() === '0.0'")
-        page.wait_for_function(
-            "[...document.querySelectorAll('#warnings li.critical')]"
-            ".some(li => li.textContent.includes('no live worker'))"
-        )
+        wait_text(page, "#e2e-rate", re.compile(r"^0\.0$"))
+        wait_text(page, "#warnings li.critical", "no live worker")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard-stalled.png"), full_page=True)
     finally:

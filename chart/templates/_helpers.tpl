@@ -89,15 +89,27 @@ app.kubernetes.io/component: {{ .stage }}
 
 {{/* The pipeline configuration: the user's `config` plus what the chart owns. */}}
 {{- define "fraudpipe.config" -}}
-{{- $owned := dict "data_dir" .Values.persistence.mountPath "metrics" (dict "host" "0.0.0.0" "port" .Values.metrics.port) "dashboard" (dict "host" "0.0.0.0" "port" .Values.dashboard.port) }}
+{{- $dashboard := dict "host" "0.0.0.0" "port" .Values.dashboard.port "allowed_hosts" (include "fraudpipe.dashboardHosts" . | fromJsonArray) }}
+{{- $owned := dict "data_dir" .Values.persistence.mountPath "metrics" (dict "host" "0.0.0.0" "port" .Values.metrics.port) "dashboard" $dashboard }}
 {{- toYaml (merge $owned (deepCopy .Values.config)) }}
 {{- end }}
 
-{{/* Deployment name by stage, for every enabled stage, as JSON ({"gather": "<fullname>-gather", ...}). */}}
+{{/* The Host names the dashboard answers to, as JSON: what `kubectl port-forward` sends
+(localhost, 127.0.0.1, [::1]), its Service's in-cluster names, then dashboard.allowedHosts. */}}
+{{- define "fraudpipe.dashboardHosts" -}}
+{{- $svc := include "fraudpipe.stageName" (dict "root" . "stage" "dashboard") }}
+{{- $ns := .Release.Namespace }}
+{{- $own := list "localhost" "127.0.0.1" "[::1]" $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) }}
+{{- concat $own .Values.dashboard.allowedHosts | uniq | toJson }}
+{{- end }}
+
+{{/* Deployment name by stage, for every enabled stage the dashboard may scale, as JSON
+({"gather": "<fullname>-gather", ...}). Never the dashboard itself: a page with the token
+must not be able to scale away the dashboard it is using, nor scale it up. */}}
 {{- define "fraudpipe.deployments" -}}
 {{- $out := dict }}
 {{- range $name, $s := .Values.stages }}
-{{- if $s.enabled }}
+{{- if and $s.enabled (ne $name "dashboard") }}
 {{- $_ := set $out $name (include "fraudpipe.stageName" (dict "root" $ "stage" $name)) }}
 {{- end }}
 {{- end }}

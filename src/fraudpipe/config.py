@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import ipaddress
+import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -256,11 +270,71 @@ class MetricsSettings(_Section):
     port: int = Field(9108, ge=0, le=65535, description="/metrics and /healthz (0: any free).")
 
 
+# The forms of a dashboard.allowed_hosts entry (the chart's schema checks the same pattern).
+HOST_PATTERN = (
+    r"^(\*|(\*\.|\.)?[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?|\[[0-9A-Fa-f:.]+\])$"
+)
+_HOST_FORMS = (
+    "a host name, an IPv4 or [IPv6] address, .domain (it and its subdomains), *.domain (its "
+    "subdomains) or * (any host), without scheme or port"
+)
+
+
+def _allowed_host(entry: str) -> str:
+    if not re.fullmatch(HOST_PATTERN, entry) or (
+        entry.startswith("[") and not _is_ipv6(entry[1:-1])
+    ):
+        raise ValueError(f"{entry!r} is not {_HOST_FORMS}")
+    return entry.lower()
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_list(value: Any) -> Any:
+    """One string (what the environment gives): a JSON list, or names separated by commas."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not a JSON list of hosts: {exc}") from None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+AllowedHost = Annotated[
+    str,
+    AfterValidator(_allowed_host),
+    WithJsonSchema({"type": "string", "pattern": HOST_PATTERN}),
+]
+
+
 class DashboardSettings(_Section):
     host: str = Field(
         "127.0.0.1", description="Address the dashboard listens on (0.0.0.0 in a cluster)."
     )
     port: int = Field(8080, ge=0, le=65535, description="Dashboard web port (0: any free).")
+    allowed_hosts: Annotated[list[AllowedHost], NoDecode, BeforeValidator(_host_list)] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
+        description="Host names the web port answers to (the Host header, port ignored); "
+        "any other Host is refused (400), which stops DNS rebinding. The listen `host` is "
+        "added when it is a concrete address. Entries: " + _HOST_FORMS + ". One string "
+        "(the environment) is a JSON list or names separated by commas.",
+    )
+    latency_warn_s: float = Field(
+        10.0,
+        gt=0,
+        description="Warn when the median end-to-end latency (stream entry to score) of the "
+        "rows scored in the last 30 s reaches this many seconds; critical at 3 times it. "
+        "Each notice clears only below half its threshold.",
+    )
     token: SecretStr | None = Field(
         None,
         description="Bearer token the controls require (scale, pause, rate, retrain); "
@@ -356,7 +430,7 @@ def _explain(err: ValidationError, config_file: Path | None) -> str:
         if not e["loc"]:  # a rule across sections: its message names the fields
             lines.append(f"  {msg.removeprefix('Value error, ')}")
             continue
-        env = "FRAUDPIPE_" + "__".join(str(p).upper() for p in e["loc"])
+        env = "FRAUDPIPE_" + "__".join(p.upper() for p in e["loc"] if isinstance(p, str))
         lines.append(f"  {field} = {shown}: {msg}  [env {env}]")
     if config_file is not None:
         lines.append(f"  (config file: {config_file})")

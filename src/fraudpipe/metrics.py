@@ -24,6 +24,8 @@ from prometheus_client import (
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from fraudpipe.headers import NOTHING_POLICY, security_headers
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -128,6 +130,10 @@ class Exposed(Protocol):
 class _Handler(BaseHTTPRequestHandler):
     metrics: ClassVar[Exposed]
     health: ClassVar[Health]
+    _headers: ClassVar[dict[str, str]] = {
+        **security_headers(NOTHING_POLICY),
+        "Cache-Control": "no-store",
+    }
 
     def do_GET(self) -> None:
         if self.path.startswith("/metrics"):
@@ -142,6 +148,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def end_headers(self) -> None:
+        # Here, not in do_GET: the server's own error answers (400, 501) carry them too.
+        for name, value in self._headers.items():
+            self.send_header(name, value)
+        super().end_headers()
 
     def log_message(self, format: str, *args: object) -> None:
         return

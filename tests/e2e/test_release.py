@@ -186,9 +186,15 @@ def test_install_flow_scale_test_rollback_uninstall(
     chart = helm_python.Chart.load(REPO / "chart")
     v = values()
 
-    # 1. install; every stage Ready (no crash on the way)
+    # 1. install; every stage Ready (no crash on the way); the API server took the policies
     helm.install(chart, RELEASE, v, wait="watcher", timeout=300)
     wait_stages_ready(kube, {s: 1 for s in STAGES})
+    policies = kube.get("networkpolicies", "-l", f"app.kubernetes.io/instance={RELEASE}")
+    assert sorted(p["metadata"]["name"] for p in policies["items"]) == [
+        f"{PREFIX}-dashboard",
+        f"{PREFIX}-deny-ingress",
+        f"{PREFIX}-metrics",
+    ]
 
     # 2. helm test: a transaction generated after the test started is scored, inside a pod
     out = helm.test(RELEASE, timeout=420, logs=True)
@@ -256,7 +262,7 @@ def test_install_flow_scale_test_rollback_uninstall(
     wait_until("every pod to go", 120, lambda: not kube.get("pods")["items"])
     left = kube.get(
         "deployments,replicasets,services,configmaps,secrets,serviceaccounts,roles,rolebindings,"
-        "poddisruptionbudgets,persistentvolumeclaims",
+        "poddisruptionbudgets,networkpolicies,persistentvolumeclaims",
         "-l",
         f"app.kubernetes.io/instance={RELEASE}",
     )["items"]

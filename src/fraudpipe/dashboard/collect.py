@@ -42,6 +42,14 @@ QUALITY_WINDOW_S = 300.0
 MATCH_TTL_S = 900.0
 # Who consumes each topic (for "falls behind" warnings).
 CONSUMER = {RAW: "preprocess", FEATURES: "infer", LABELS: "train"}
+# The topics a transaction waits in between entry and score.
+HOT_PATH = (RAW, FEATURES)
+# "falls behind" is raised at BEHIND_AT x queue.max_backlog pending batches and cleared only
+# below CAUGHT_UP_BELOW x it (hysteresis: a backlog at the bound does not flip it each second).
+BEHIND_AT, CAUGHT_UP_BELOW = 0.9, 0.5
+# Latency notices: a warning from dashboard.latency_warn_s, critical from LATENCY_CRITICAL x
+# it; each is cleared only below LATENCY_CLEAR_BELOW x its own threshold.
+LATENCY_CRITICAL, LATENCY_CLEAR_BELOW = 3.0, 0.5
 _RESULT_COLUMNS = [
     "transaction_id",
     "ts",
@@ -98,6 +106,7 @@ class Collector:
         )
         self._outcomes: deque[tuple[float, int, int, int]] = deque()  # (t, tp, fp, fn)
         self._pending_history: deque[tuple[float, dict[str, int]]] = deque()
+        self._held: set[str] = set()  # notices raised and not yet cleared (see _raised)
         self.history: deque[p.HistoryPoint] = deque()
         self._model_cache: p.ModelState | None = None
 
@@ -197,7 +206,7 @@ class Collector:
             throughput=throughput,
             latency=latency,
             backlog=backlog,
-            warnings=self._warnings(workers, backlog, throughput, generation.paused, now),
+            warnings=self._warnings(workers, backlog, throughput, latency, generation.paused, now),
             detection=detection,
             model=self._model(workers),
             workers=[self._worker(w, pods.by_pod, now) for w in workers],
@@ -298,8 +307,30 @@ class Collector:
         workers: list[dict[str, Any]],
         backlog: list[p.TopicBacklog],
         throughput: p.Throughput,
+        latency: p.Latency,
         paused: bool,
         now: float,
+    ) -> list[p.Notice]:
+        """Every condition an operator must act on, each as one notice: the page shows "all
+        stages keeping up" only when this is empty."""
+        return [
+            *self._stage_notices(workers, throughput, paused, now),
+            *self._backlog_notices(backlog, now),
+            *self._latency_notices(latency, backlog),
+        ]
+
+    def _raised(self, key: str, value: float, raise_at: float, clear_below: float) -> bool:
+        """Whether notice `key` holds: raised at raise_at, cleared only below clear_below, so a
+        value hovering at a bound does not flip it every second."""
+        held = value >= raise_at or (key in self._held and value >= clear_below)
+        if held:
+            self._held.add(key)
+        else:
+            self._held.discard(key)
+        return held
+
+    def _stage_notices(
+        self, workers: list[dict[str, Any]], throughput: p.Throughput, paused: bool, now: float
     ) -> list[p.Notice]:
         out = []
         live = {w.get("stage") for w in workers}
@@ -329,6 +360,11 @@ class Collector:
                     message=f"stalled: nothing scored in the last {RATE_WINDOW_S:.0f} s",
                 )
             )
+        return out
+
+    def _backlog_notices(self, backlog: list[p.TopicBacklog], now: float) -> list[p.Notice]:
+        out = []
+        bound = self.settings.queue.max_backlog
         pending = {b.topic: b.pending for b in backlog}
         self._pending_history.append((now, pending))
         while self._pending_history and self._pending_history[0][0] < now - WINDOW_S:
@@ -346,12 +382,16 @@ class Collector:
                 )
             if consumer is None:
                 continue
-            if b.pending >= self.settings.queue.max_backlog:
+            if self._raised(
+                f"behind:{b.topic}", b.pending, BEHIND_AT * bound, CAUGHT_UP_BELOW * bound
+            ):
+                where = "at the bound: producers wait" if b.pending >= bound else "near the bound"
                 out.append(
                     p.Notice(
                         level="critical",
-                        message=f"{consumer} falls behind: {b.topic} has {b.pending} pending "
-                        "batches, at the backlog bound (producers wait)",
+                        message=f"{consumer} falls behind: {b.topic} has {b.pending} of "
+                        f"{bound} pending batches ({where}; clears below "
+                        f"{CAUGHT_UP_BELOW * bound:g})",
                     )
                 )
             elif b.pending > then.get(b.topic, b.pending) + 2 and b.pending >= 8:
@@ -363,6 +403,35 @@ class Collector:
                     )
                 )
         return out
+
+    def _latency_notices(self, latency: p.Latency, backlog: list[p.TopicBacklog]) -> list[p.Notice]:
+        warn_s = self.settings.dashboard.latency_warn_s
+        p50_s = (latency.p50_ms or 0.0) / 1000  # nothing scored: the stall notice says so
+        critical = self._raised(
+            "latency:critical",
+            p50_s,
+            LATENCY_CRITICAL * warn_s,
+            LATENCY_CRITICAL * warn_s * LATENCY_CLEAR_BELOW,
+        )
+        warning = self._raised("latency:warning", p50_s, warn_s, warn_s * LATENCY_CLEAR_BELOW)
+        if not (critical or warning):
+            return []
+        path = [b for b in backlog if b.topic in HOT_PATH]
+        worst = max(path, key=lambda b: b.pending, default=None)
+        cause = (
+            f"{CONSUMER[worst.topic]} has the largest input backlog ({worst.topic}: "
+            f"{worst.pending} pending)"
+            if worst is not None and worst.pending
+            else "no stage has an input backlog: the time goes inside the stages"
+        )
+        return [
+            p.Notice(
+                level="critical" if critical else "warning",
+                message=f"slow: end-to-end latency p50 {p50_s:,.1f} s over the last "
+                f"{latency.window_s:.0f} s, bound {warn_s:g} s (dashboard.latency_warn_s); "
+                f"{cause}",
+            )
+        ]
 
     def _model(self, workers: list[dict[str, Any]]) -> p.ModelState:
         """The champion (read once per version) with the drift the train worker measured now."""

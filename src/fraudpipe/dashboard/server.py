@@ -8,6 +8,9 @@
 - ``GET /metrics`` (Prometheus) and ``GET /healthz``, also served on the metrics port as by
   every worker, for the chart's probes.
 
+Every request passes :class:`~fraudpipe.dashboard.guard.Guard` first (Host and Origin checks,
+security headers).
+
 The snapshot is built once a second in a worker thread, whatever the number of viewers.
 """
 
@@ -29,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fraudpipe import control
@@ -36,6 +40,7 @@ from fraudpipe.config import STAGES, Settings
 from fraudpipe.dashboard import payload
 from fraudpipe.dashboard.cluster import ClusterView, ScaleError
 from fraudpipe.dashboard.collect import Collector
+from fraudpipe.dashboard.guard import Guard, allowed_hosts
 from fraudpipe.layout import Layout
 from fraudpipe.logs import get_logger
 from fraudpipe.metrics import Health, serve
@@ -197,7 +202,7 @@ class Dashboard:
 
     # -- the app ---------------------------------------------------------------------------------
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             task = asyncio.create_task(self.refresh_forever())
@@ -208,7 +213,7 @@ class Dashboard:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-        return Starlette(
+        starlette = Starlette(
             routes=[
                 Route("/", self.page),
                 Route("/api/snapshot", self.snapshot),
@@ -221,6 +226,23 @@ class Dashboard:
             ],
             lifespan=lifespan,
         )
+        return Guard(starlette, allowed_hosts(self.settings.dashboard))
+
+    def server(self) -> uvicorn.Server:
+        """The web server on dashboard.host:port (not started)."""
+        d = self.settings.dashboard
+        config = uvicorn.Config(
+            self.app(),
+            host=d.host,
+            port=d.port,
+            log_level="warning",
+            access_log=False,
+            ws="websockets-sansio",
+            # The Guard reads X-Forwarded-Proto itself; nothing else here uses the client's
+            # address or scheme, so uvicorn rewrites neither.
+            proxy_headers=False,
+        )
+        return uvicorn.Server(config)
 
 
 def run_dashboard(settings: Settings) -> int:
@@ -228,20 +250,13 @@ def run_dashboard(settings: Settings) -> int:
     dash = Dashboard(settings)
     d = settings.dashboard
     serve(dash.metrics, dash.health, settings.metrics.host, settings.metrics.port)
-    config = uvicorn.Config(
-        dash.app(),
-        host=d.host,
-        port=d.port,
-        log_level="warning",
-        access_log=False,
-        ws="websockets-sansio",
-    )
-    server = uvicorn.Server(config)
+    server = dash.server()
     dash.log.info(
         "dashboard.started",
         url=f"http://{d.host}:{d.port}/",
         controls="enabled" if d.token is not None else "read-only (no token)",
         cluster=dash.cluster.mode,
+        allowed_hosts=allowed_hosts(d),
     )
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     server.run()

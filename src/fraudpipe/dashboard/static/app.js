@@ -43,9 +43,20 @@ function fmtRate(v) {
   return Math.abs(v) >= 100 ? fmtNum(v, 0) : fmtNum(v, 1);
 }
 
-function fmtMs(v) {
-  if (!isNum(v)) return DASH;
-  return Math.abs(v) >= 100 ? fmtNum(v, 0) : fmtNum(v, 1);
+// Units of a duration: [name, milliseconds, shown while the number stays below this].
+const DURATION_UNITS = [["ms", 1, 1000], ["s", 1e3, 100], ["min", 6e4, 100], ["h", 3.6e6, 100],
+  ["d", 8.64e7, Infinity]];
+
+/** A duration in ms as [number, unit]: ms below 1 s, then s, min, h, d, with at most three
+ * digits before the unit grows (a long pause reads "78 min", never "4,693,742 ms"). */
+function fmtDuration(ms) {
+  if (!isNum(ms)) return [DASH, ""];
+  for (const [unit, size, below] of DURATION_UNITS) {
+    const v = ms / size;
+    if (Math.abs(v) < below - 0.5) {
+      return [fmtNum(v, v === 0 || Math.abs(v) >= 9.95 ? 0 : 1), unit];
+    }
+  }
 }
 
 function fmtPct(fraction, digits = 1) {
@@ -452,7 +463,8 @@ function renderHeader(s) {
 
 /* ------------------------------------------------------------------ render: KPI tiles */
 
-function setTile(id, text, why, caption) {
+/** A KPI tile: its value, the reason when unknown, its caption and, if given, its unit. */
+function setTile(id, text, why, caption, unit) {
   const node = $(id);
   const cap = $(`${id}-caption`);
   const tile = node?.closest(".tile");
@@ -462,6 +474,7 @@ function setTile(id, text, why, caption) {
     tile.classList.toggle("unknown", unknown);
     if (unknown && why) tile.title = why;
     else tile.removeAttribute("title");
+    if (unit) tile.querySelector(".unit").textContent = unit;
   }
   if (cap) {
     cap.textContent = unknown ? `unknown: ${why || "no reason given by the server"}` : caption || "";
@@ -481,9 +494,10 @@ function renderTiles(s) {
     ? `no rows scored in the last ${fmtNum(lat.window_s)} s`
     : null;
   const latCaption = `${fmtNum(lat.rows)} rows / ${fmtNum(lat.window_s)} s`;
-  setTile("latency-p50", fmtMs(lat.p50_ms), latWhy, latCaption);
-  setTile("latency-p95", fmtMs(lat.p95_ms), latWhy, latCaption);
-  setTile("latency-p99", fmtMs(lat.p99_ms), latWhy, latCaption);
+  for (const q of ["p50", "p95", "p99"]) {
+    const [text, unit] = fmtDuration(lat[`${q}_ms`]);
+    setTile(`latency-${q}`, text, latWhy, latCaption, unit);
+  }
 
   const detWindow = `last ${fmtNum(det.window_s)} s`;
   const detWindowShort = `${fmtNum(det.window_s)} s`;
@@ -716,7 +730,7 @@ function makeCharts() {
       p50: p.p50_ms,
       p95: p.p95_ms,
       p99: p.p99_ms,
-    }), { order: ["p50", "p95", "p99"] }),
+    }), { order: ["p50", "p95", "p99"], format: (ms) => fmtDuration(ms).join(" ") }),
     new LineChart($("chart-pending"), $("chart-pending-legend"), store, (p) => ({ ...(p.pending ?? {}) }),
       { order: ["raw-transactions", "labels", "features-ready", "inference-results"], integer: true }),
   ];

@@ -1,0 +1,158 @@
+"""The dashboard's warnings, from real queue folders and real scored batches on a volume.
+
+The collector is driven through sequences of backlogs and latencies (batches published,
+claimed and acknowledged with the queue's own operations, scored rows written where infer
+writes them); each notice must be raised when its condition holds and must not flip while the
+value hovers at its bound.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from fraudpipe.config import Settings, load_settings
+from fraudpipe.dashboard.cluster import ClusterView
+from fraudpipe.dashboard.collect import Collector
+from fraudpipe.dashboard.payload import Notice
+from fraudpipe.layout import FEATURES, RAW, RESULTS, Layout
+from fraudpipe.queue import Topic, make_id
+
+_SEQ = count()
+
+
+class Volume:
+    """The topics of one data dir, set to exact pending counts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.data_dir)
+
+    def topic(self, name: str) -> Topic:
+        return Topic(self.layout.queue, name, self.settings.queue)
+
+    def set_pending(self, name: str, n: int) -> None:
+        topic = self.topic(name)
+        for _ in range(n - len(topic.pending())):
+            msg_id = make_id(int(time.time() * 1000), "test", next(_SEQ))
+            assert topic.publish(msg_id, pl.DataFrame({"x": [1]})) is not None
+        for _ in range(len(topic.pending()) - n):
+            claim = topic.claim("test")
+            assert claim is not None and topic.ack(claim)
+        assert len(topic.pending()) == n
+
+    def score(self, rows: int, latency_s: float) -> None:
+        """A scored batch, as infer publishes it: rows that took latency_s from entry."""
+        now = time.time()
+        df = pl.DataFrame(
+            {
+                "transaction_id": [next(_SEQ) for _ in range(rows)],
+                "ts": [dt.datetime(2018, 4, 1)] * rows,
+                "customer_id": [1] * rows,
+                "terminal_id": [1] * rows,
+                "amount": [10.0] * rows,
+                "score": [0.1] * rows,
+                "is_alert": [False] * rows,
+                "model_version": ["v1"] * rows,
+                "scored_at": [now] * rows,
+                "latency_ms": [latency_s * 1000] * rows,
+            }
+        )
+        msg_id = make_id(int(now * 1000), "test", next(_SEQ))
+        assert self.topic(RESULTS).publish(msg_id, df) is not None
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Iterator[Volume]:
+    settings = load_settings(overrides={"data_dir": tmp_path, "queue.fsync": False})
+    assert settings.queue.max_backlog == 64 and settings.dashboard.latency_warn_s == 10
+    yield Volume(settings)
+
+
+def _notices(collector: Collector, start: str) -> list[Notice]:
+    return [n for n in collector.snapshot().warnings if n.message.startswith(start)]
+
+
+def test_falls_behind_is_raised_near_the_bound_and_does_not_flip(volume: Volume) -> None:
+    collector = Collector(volume.settings, ClusterView(env={}))
+    # (pending in raw-transactions, whether "preprocess falls behind" is critical): raised at
+    # 90 % of the bound of 64 (57.6), held down to 50 % (32), cleared below it.
+    steps = [
+        (0, False), (30, False), (57, False), (58, True), (63, True), (64, True), (63, True),
+        (64, True), (63, True), (40, True), (32, True), (31, False), (40, False), (57, False),
+        (58, True),
+    ]  # fmt: skip
+    seen = []
+    for pending, _ in steps:
+        volume.set_pending(RAW, pending)
+        behind = [
+            n
+            for n in _notices(collector, "preprocess falls behind: raw-transactions has")
+            if n.level == "critical"
+        ]
+        seen.append((pending, bool(behind)))
+        if behind:
+            assert f"has {pending} of 64 pending batches" in behind[0].message
+            bound = "at the bound: producers wait" if pending >= 64 else "near the bound"
+            assert bound in behind[0].message and "clears below 32" in behind[0].message
+    assert seen == steps
+
+
+def test_latency_warns_then_is_critical_naming_the_largest_backlog_and_clears_late(
+    volume: Volume,
+) -> None:
+    collector = Collector(volume.settings, ClusterView(env={}))
+
+    def slow() -> Notice | None:
+        found = _notices(collector, "slow: end-to-end latency p50")
+        assert len(found) <= 1
+        return found[0] if found else None
+
+    volume.score(100, latency_s=5)
+    assert slow() is None  # under the bound of 10 s
+    volume.score(200, latency_s=12)  # p50 12 s
+    notice = slow()
+    assert notice is not None and notice.level == "warning"
+    assert "p50 12.0 s" in notice.message and "bound 10 s (dashboard.latency_warn_s)" in (
+        notice.message
+    )
+    assert "no stage has an input backlog" in notice.message
+    volume.set_pending(RAW, 5)
+    volume.set_pending(FEATURES, 2)
+    notice = slow()
+    assert notice is not None and "preprocess has the largest input backlog" in notice.message
+    assert "(raw-transactions: 5 pending)" in notice.message
+
+    volume.score(400, latency_s=40)  # p50 40 s: over 3 x the bound
+    volume.set_pending(FEATURES, 9)
+    notice = slow()
+    assert notice is not None and notice.level == "critical"
+    assert "infer has the largest input backlog (features-ready: 9 pending)" in notice.message
+    volume.score(300, latency_s=20)  # p50 20 s: under 30 s, over its clearing point 15 s
+    notice = slow()
+    assert notice is not None and notice.level == "critical" and "p50 20.0 s" in notice.message
+    volume.score(2000, latency_s=8)  # p50 8 s: critical cleared; the warning holds down to 5 s
+    notice = slow()
+    assert notice is not None and notice.level == "warning" and "p50 8.0 s" in notice.message
+    volume.score(10000, latency_s=1)  # p50 1 s
+    assert slow() is None
+
+
+def test_every_warning_condition_shows_a_notice(volume: Volume) -> None:
+    """What the report saw: raw-transactions at 63 of 64 pending and p50 at 50 s, while the
+    page said "all stages keeping up" (it says so only when there is no notice)."""
+    collector = Collector(volume.settings, ClusterView(env={}))
+    volume.set_pending(RAW, 63)
+    volume.score(1000, latency_s=50)
+    levels = {
+        n.message.split(":")[0]: n.level
+        for n in collector.snapshot().warnings
+        if n.message.startswith(("preprocess falls behind", "slow"))
+    }
+    assert levels == {"preprocess falls behind": "critical", "slow": "critical"}
