@@ -9,6 +9,7 @@ value hovers at its bound.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from itertools import count
@@ -156,3 +157,26 @@ def test_every_warning_condition_shows_a_notice(volume: Volume) -> None:
         if n.message.startswith(("preprocess falls behind", "slow"))
     }
     assert levels == {"preprocess falls behind": "critical", "slow": "critical"}
+
+
+def test_a_worker_held_up_or_refusing_a_model_is_shown(volume: Volume) -> None:
+    """What a live worker's status says holds it up (a full volume; a model it cannot load)
+    is a notice, with its reason: otherwise the page would only show a stall."""
+    status = volume.layout.status
+    status.mkdir(parents=True)
+    base = {"pid": 1, "host": "node-a", "heartbeat_at": time.time() + 60}
+    docs = {
+        "preprocess": {"blocked": "ENOSPC: No space left on device (/data/state/features)"},
+        "infer": {
+            "model_version": "v1",
+            "model_refused": {"version": "v2", "reason": "model version v2 cannot score"},
+        },
+    }
+    for stage, extra in docs.items():
+        doc = {**base, "worker": f"{stage}-1", "stage": stage, **extra}
+        (status / f"{stage}.json").write_text(json.dumps(doc))
+    collector = Collector(volume.settings, ClusterView(env={}))
+    [held] = _notices(collector, "preprocess on node-a is held up by the volume: ENOSPC")
+    [refused] = _notices(collector, "infer on node-a refuses model v2")
+    assert held.level == refused.level == "critical"
+    assert "it scores with v1" in refused.message

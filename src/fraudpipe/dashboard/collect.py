@@ -344,6 +344,25 @@ class Collector:
                         f"{STATUS_STALE_S:.0f} s)",
                     )
                 )
+        for w in workers:  # what a live worker itself says holds it up
+            if w.get("blocked"):
+                out.append(
+                    p.Notice(
+                        level="critical",
+                        message=f"{w['stage']} on {w.get('host')} is held up by the volume: "
+                        f"{w['blocked']} (it retries; nothing is lost)",
+                    )
+                )
+            refused = w.get("model_refused")
+            if isinstance(refused, dict):
+                out.append(
+                    p.Notice(
+                        level="critical",
+                        message=f"infer on {w.get('host')} refuses model "
+                        f"{refused.get('version')}: {refused.get('reason')}; it scores with "
+                        f"{w.get('model_version') or 'no model yet'}",
+                    )
+                )
         if paused:
             out.append(p.Notice(level="warning", message="generation is paused (dashboard)"))
         if self.registry.current() is None:
