@@ -82,8 +82,13 @@ class Plan:
 
     @property
     def days(self) -> int:
-        # the stream outlasts the faults (they slow it down), then ends on its own
-        return int(self.seconds * self.rate / TX_PER_DAY * 1.5) + 30
+        # the stream outlasts the faults, then ends on its own
+        return int(self.seconds * self.rate / TX_PER_DAY * 1.1) + 30
+
+    @property
+    def drain_s(self) -> float:
+        """How long the stream may take to end once the faults stop: the whole of it again."""
+        return max(600.0, 2 * self.days * TX_PER_DAY / self.rate)
 
 
 def _env() -> dict[str, str]:
@@ -564,7 +569,7 @@ def run_soak(plan: Plan) -> dict[str, Any]:
                 if chaos._due("disk sample", 5):
                     peak = max(peak, disk_usage(truth))
             chaos.heal()
-            deadline = time.monotonic() + max(600.0, plan.seconds)
+            deadline = time.monotonic() + plan.drain_s
             while not fleet.done() and time.monotonic() < deadline:
                 fleet.supervise()
                 fleet.workers()
