@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,16 @@ from fraudpipe.queue import Queue
 from fraudpipe.results import ResultsStore, read_all
 from fraudpipe.simulate import Simulator
 from tests.conftest import fraudpipe
+
+
+# A first model as soon as a small world has labels, trained on one thread, quickly.
+FAST_TRAINING = {
+    "min_labeled_rows": 3000,
+    "min_frauds": 20,
+    "interval_s": 30,
+    "threads": 1,
+    "num_boost_round": 60,
+}
 
 
 def small_config(
@@ -33,13 +46,7 @@ def small_config(
             "batch_interval_s": 0.25,
             "simulator": {"n_customers": 2000, "n_terminals": 4000},
         },
-        "train": {
-            "min_labeled_rows": 3000,
-            "min_frauds": 20,
-            "interval_s": 30,
-            "threads": 1,
-            "num_boost_round": 60,
-        },
+        "train": dict(FAST_TRAINING),
         "queue": {"lease_s": lease_s, "results_hold_s": 1, "fsync": False},
     }
     for section, values in extra.items():
@@ -123,3 +130,25 @@ def log_arrived_labels(
     if labels.height:
         log.write("labels", name, labels, labels["label_ts"].min().date())
     return labels
+
+
+def wait_for(predicate: Callable[[], object], timeout: float) -> None:
+    """Wait until predicate() holds (a condition, never a fixed time), or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def alive(pid: int) -> bool:
+    """Whether pid is a running process (a zombie, exited but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False

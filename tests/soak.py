@@ -53,6 +53,7 @@ from fraudpipe.registry import ModelRegistry
 from fraudpipe.worker import read_status
 from tests import netfs
 from tests.audit import audit, disk_usage, offline_features
+from tests.pipeline import FAST_TRAINING, alive
 
 WORLD = {"n_customers": 2000, "n_terminals": 4000}  # about 4,000 transactions a simulated day
 CYCLE_S = 60.0
@@ -102,17 +103,6 @@ def _cli(*args: str) -> None:
                    capture_output=True, timeout=600)  # fmt: skip
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _signal(pid: int, sig: int) -> bool:
     try:
         os.kill(pid, sig)
@@ -146,7 +136,7 @@ class RunFleet:
         log.close()
 
     def workers(self) -> list[dict[str, Any]]:
-        live = [w for w in read_status(self.data / "status") if _alive(int(w["pid"]))]
+        live = [w for w in read_status(self.data / "status") if alive(int(w["pid"]))]
         self.seen |= {int(w["pid"]) for w in live}
         return live
 
@@ -162,9 +152,9 @@ class RunFleet:
         self.proc.kill()
         self.proc.wait()
         deadline = time.monotonic() + 30
-        while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        while any(alive(p) for p in children) and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = [p for p in children if _alive(p)]
+        left = [p for p in children if alive(p)]
         if left:  # a broken promise: record it, then clear the way for the next run
             self.orphans += [f"pid {p} outlived its supervisor" for p in left]
             for p in left:
@@ -508,13 +498,7 @@ def _config(plan: Plan, replay: Path) -> Path:
             "batch_interval_s": 1.0,
         },
         "features": {"store_retention_days": 100_000},  # the audit reads every row
-        "train": {
-            "min_labeled_rows": 3000,
-            "min_frauds": 20,
-            "interval_s": 30,
-            "threads": 1,
-            "num_boost_round": 60,
-        },
+        "train": dict(FAST_TRAINING),
         "queue": {"lease_s": plan.lease_s, "results_hold_s": 1, "fsync": False},
     }
     path = plan.workdir / "soak.yaml"
@@ -589,7 +573,7 @@ def run_soak(plan: Plan) -> dict[str, Any]:
         if not finished:
             problems.append("the stream did not finish within the time allowed")
         problems += fleet.orphans
-        left = [p for p in fleet.seen if _alive(p)]
+        left = [p for p in fleet.seen if alive(p)]
         problems += [f"worker pid {p} still running after the fleet stopped" for p in left]
         for p in left:
             _signal(p, signal.SIGKILL)

@@ -21,7 +21,7 @@ import pytest
 from fraudpipe.config import QueueSettings
 from fraudpipe.layout import FEATURES, RAW, TOPICS
 from fraudpipe.queue import Topic, make_id
-from tests.pipeline import queue_states, run_stage, small_config
+from tests.pipeline import queue_states, run_stage, small_config, wait_for
 
 
 def batch() -> pl.DataFrame:
@@ -85,15 +85,6 @@ class Lines:
                 if text in line:
                     return line
         raise AssertionError(f"no line with {text!r} within {timeout} s")
-
-
-def wait_for(predicate: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 def test_a_full_volume_holds_batches_back_and_loses_nothing(

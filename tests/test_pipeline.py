@@ -22,7 +22,14 @@ from fraudpipe.layout import FEATURES, RAW, TOPICS
 from fraudpipe.worker import read_status
 from tests.audit import audit, offline_features
 from tests.conftest import fraudpipe
-from tests.pipeline import assert_exactly_once, queue_states, run_stage, small_config
+from tests.pipeline import (
+    alive,
+    assert_exactly_once,
+    queue_states,
+    run_stage,
+    small_config,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -58,15 +65,6 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> dict[str, object]:
     start = out.rindex("\n{\n")  # the final summary is the last JSON document
     summary, _ = json.JSONDecoder().raw_decode(out[start:].lstrip())
     return summary  # type: ignore[no-any-return]
-
-
-def wait_for(predicate: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 def test_replicas_score_every_transaction_exactly_once(tmp_path: Path) -> None:
@@ -135,7 +133,7 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
         deadline = time.monotonic() + 300
         while not quota_met() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(rng.uniform(0.2, 0.8))
-            live = [w for w in read_status(data / "status") if _alive(int(w["pid"]))]
+            live = [w for w in read_status(data / "status") if alive(int(w["pid"]))]
             if not live:
                 continue
             # Kill a worker caught mid-batch (holding a claim) whenever there is one: that is
@@ -158,7 +156,7 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
         assert quota_met(), (killed, mid_batch)
 
         def all_back() -> bool:  # every killed worker was started again
-            live = [w for w in read_status(data / "status") if _alive(int(w["pid"]))]
+            live = [w for w in read_status(data / "status") if alive(int(w["pid"]))]
             return len(live) == 6
 
         wait_for(all_back, 120)
@@ -243,7 +241,7 @@ def test_workers_die_with_their_supervisor_and_one_run_holds_a_data_dir(tmp_path
         first.wait()
 
         def gone() -> bool:
-            return not any(_alive(p) for p in pids)
+            return not any(alive(p) for p in pids)
 
         wait_for(gone, 60)
         third = start_run(data, cfg, "--no-dashboard")  # the lock went with the killed run
@@ -254,15 +252,6 @@ def test_workers_die_with_their_supervisor_and_one_run_holds_a_data_dir(tmp_path
     finally:
         first.kill()
         first.communicate()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
-    return state != "Z"
 
 
 def test_a_run_that_did_not_score_everything_says_so_and_fails(tmp_path: Path) -> None:
