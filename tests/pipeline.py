@@ -20,7 +20,6 @@ from fraudpipe.results import ResultsStore, read_all
 from fraudpipe.simulate import Simulator
 from tests.conftest import fraudpipe
 
-
 # A first model as soon as a small world has labels, trained on one thread, quickly.
 FAST_TRAINING = {
     "min_labeled_rows": 3000,
