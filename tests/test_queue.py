@@ -302,3 +302,16 @@ def test_queue_lists_topics(tmp_path: Path, qsettings: QueueSettings) -> None:
     q.topic("b")
     q.topic("a")
     assert q.existing() == ["a", "b"]
+
+
+def test_reading_a_message_that_is_gone_names_it(tmp_path: Path, qsettings: QueueSettings) -> None:
+    """A claim reaped away mid-read is a lost lease (the worker tells it from a volume fault
+    by the file named), so the FileNotFoundError must name the message's path."""
+    t = Topic(tmp_path, "t", qsettings)
+    t.publish("0000000000001-p-00000001", batch(2))
+    c = t.claim("slow")
+    assert c is not None
+    c.path.unlink()
+    with pytest.raises(FileNotFoundError) as err:
+        t.read(c)
+    assert err.value.filename == str(c.path)

@@ -39,6 +39,7 @@ whole locking story; there are no lock files and no shared counters.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -322,8 +323,8 @@ class Topic:
     def read(self, msg: Message) -> pl.DataFrame:
         try:
             return pl.read_parquet(msg.path)
-        except FileNotFoundError:
-            raise
+        except FileNotFoundError as exc:  # polars names no file: name the message's own
+            raise FileNotFoundError(errno.ENOENT, "message gone", str(msg.path)) from exc
         except Exception as exc:  # polars/arrow raise many types for a bad file
             raise Unreadable(f"cannot read batch {msg.id} as Parquet: {exc}") from exc
 
