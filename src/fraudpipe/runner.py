@@ -336,13 +336,14 @@ class RunLock:
 
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the supervisor dies, however it dies (Linux's
-    PR_SET_PDEATHSIG; elsewhere the worker notices its parent changed, --supervisor-pid)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    PR_SET_PDEATHSIG; elsewhere the worker notices its parent changed, --supervisor-pid).
+    prctl is looked up in the parent: between fork and exec nothing may take a lock."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 _PR_SET_PDEATHSIG = 1
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def _free_port(host: str, wanted: int) -> int:
