@@ -296,6 +296,7 @@ class Chaos:
         self.filler: tuple[Path, float] | None = None
         self.corrupt: tuple[str, str, float] | None = None  # bad version, good version, until
         self.poison: dict[str, set[str]] = {}
+        self.outage_until = 0.0
         self.last: dict[str, float] = {}
         self.fired: dict[str, int] = {}  # fault kind -> the last cycle it fired in
         self.log: list[str] = []
@@ -358,7 +359,9 @@ class Chaos:
         if self._turn("model", cycle, offset) and not self._corrupt_model():
             self.fired["model"] -= 1  # no model yet: again at the next step
         live = [w for w in self.fleet.workers() if int(w["pid"]) not in self.paused]
-        if not live:
+        if not live or now < self.outage_until:
+            # While node a is out, node b's few workers carry everything: faults aimed at them
+            # alone (three times as often each) would keep them restarting, not working.
             return
         busy = [w for w in live if w["worker"] in self._holders()]
         victim = self.rng.choice(busy if busy and self.rng.random() < 0.6 else live)
@@ -384,7 +387,10 @@ class Chaos:
         """Node a stops (every worker on it, for longer than node b's listings lag): node b
         must take its batches over, from listings that show them late."""
         assert isinstance(self.fleet, PodFleet)
-        until = time.monotonic() + 30.0
+        until = self.outage_until = time.monotonic() + 30.0
+        for pod in self.fleet.pods:  # node b's workers all up, to take node a's work over
+            if pod.node == 1 and pod.proc is not None and self.paused.pop(pod.proc.pid, None):
+                _signal(pod.proc.pid, signal.SIGCONT)
         for pod in self.fleet.pods:
             if pod.node == 0 and pod.proc is not None and _signal(pod.proc.pid, signal.SIGSTOP):
                 self.paused[pod.proc.pid] = until
@@ -436,11 +442,11 @@ class Chaos:
         """Batches no retry can help, one of each kind; each must end in dead letters."""
         q = self.truth / "queue"
         raw = sorted((self.truth / "state" / "log" / "transactions").glob("*/*.parquet"))
-        if not raw:
-            return  # nothing logged yet: at a later step
+        pending = {t: q / t / "pending" for t in TOPICS}
+        if not raw or not all(d.is_dir() for d in pending.values()):
+            return  # nothing logged yet, or a topic its workers have not made yet: later
         real = pl.read_parquet(raw[0])
         ids = {n: make_id(1, "poison", n) for n in range(1, 6)}
-        pending = {t: q / t / "pending" for t in TOPICS}
         (pending[RAW] / f"{ids[1]}~0.parquet").write_bytes(b"PAR1 not parquet at all")
         pl.DataFrame({"what": ["no transactions"]}).write_parquet(
             pending[RAW] / f"{ids[2]}~0.parquet"
