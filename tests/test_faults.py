@@ -7,6 +7,7 @@ import errno
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -138,6 +139,37 @@ def test_fill_really_fills(small_volume: Path) -> None:
         (small_volume / "more").write_bytes(b"x" * 4096)
     assert err.value.errno == errno.ENOSPC
     filler.unlink()
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+def test_a_worker_stops_however_many_times_it_is_told(tmp_path: Path) -> None:
+    """A worker whose supervisor dies gets SIGTERM once per thread of that supervisor (Linux
+    re-parents it, and sends PR_SET_PDEATHSIG, as each thread exits). The handler took locks
+    (threading.Event, logging): run nested, it waited on itself and the worker never stopped."""
+    cfg = small_config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
+    env["FRAUDPIPE_LOG__FORMAT"] = "json"
+    for attempt in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fraudpipe", "worker", "--stage=preprocess", "--data-dir",
+             str(tmp_path / f"data{attempt}"), "--config", str(cfg), "--port", "0"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        lines = Lines(proc)
+        try:
+            lines.wait_for('"worker.started"', 60)
+            for _ in range(2000):  # as fast as they go: many land inside the handler
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            lines.close()
+        assert proc.returncode == 0
+        lines.wait_for('"worker.stopped"', 5)
 
 
 # -- clocks ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -98,7 +99,11 @@ def worker(
         w = Worker(settings, stage, device, mode, supervisor_pid=supervisor_pid)
     except (DeviceUnavailable, StageError) as exc:
         fail(str(exc))
-    raise typer.Exit(w.run())
+    code = w.run()
+    # Stopped: a SIGTERM still to come (one comes for each thread of a dying parent) must not
+    # turn this clean exit into a kill when the interpreter puts default handlers back.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise typer.Exit(code)
 
 
 def _parse_replicas(values: list[str]) -> dict[str, int]:

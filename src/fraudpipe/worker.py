@@ -35,7 +35,7 @@ from fraudpipe.layout import Layout
 from fraudpipe.logs import EventLogger, get_logger
 from fraudpipe.metrics import Health, Metrics, serve
 from fraudpipe.queue import Claim, Queue, Topic, Unreadable, producer_id
-from fraudpipe.wake import Waker
+from fraudpipe.wake import StopFlag, Waker
 
 STATUS_EVERY_S = 1.0
 STATUS_STALE_S = 10.0
@@ -77,7 +77,7 @@ class Context:
     metrics: Metrics
     worker_id: str
     log: EventLogger
-    stop: threading.Event
+    stop: StopFlag
     health: Health
     device: str = "cpu"
     mode: Mode = Mode.FOREVER
@@ -245,7 +245,8 @@ class Worker:
         self.supervisor_pid = supervisor_pid  # stop when this parent is gone (fraudpipe run)
         self.mode = mode
         self.layout = Layout(settings.data_dir)
-        self.stop = threading.Event()
+        self.stop = StopFlag()
+        self._signalled: int | None = None  # set by the signal handler, logged elsewhere
         self.metrics = Metrics()
         self.worker_id = producer_id(stage_name)
         self.health = Health(stale_after_s=max(60.0, settings.queue.lease_s * 2))
@@ -301,6 +302,8 @@ class Worker:
                     self._write_status()
                 except OSError:
                     self.ctx.log.error("status.write_failed", exc_info=True)
+        if self._signalled is not None:
+            self.ctx.log.info("worker.stopping", signal=signal.Signals(self._signalled).name)
 
     def _housekeeping(self) -> None:
         queue = self.ctx.queue
@@ -347,7 +350,8 @@ class Worker:
 
     def _install_signals(self) -> None:
         def on_signal(signum: int, _frame: object) -> None:
-            self.ctx.log.info("worker.stopping", signal=signal.Signals(signum).name)
+            # Nothing here may take a lock (see wake.py): no logging, no threading.Event.
+            self._signalled = signum
             self.stop.set()
             self.waker.wake()
 
