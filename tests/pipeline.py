@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +140,16 @@ def wait_for(predicate: Callable[[], object], timeout: float) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("condition not reached in time")
+
+
+def end(proc: subprocess.Popen[str]) -> None:
+    """Kill proc if it still runs, reap it and close its pipe: nothing left to the GC (whose
+    ResourceWarnings would fail whatever test happens to run then)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def alive(pid: int) -> bool:

@@ -57,9 +57,9 @@ from tests.pipeline import FAST_TRAINING, alive
 
 WORLD = {"n_customers": 2000, "n_terminals": 4000}  # about 4,000 transactions a simulated day
 CYCLE_S = 60.0
-# Where in each cycle each rarer fault strikes (a full volume lasts up to 15 s, a stall 20 s,
-# an outage of node a 30 s, a corrupt model up to 15 s).
-FAULT_AT = {"disk": 0.15, "stall": 0.4, "supervisor": 0.75, "outage": 0.75, "model": 0.82}
+# Where in each cycle each rarer fault strikes (a full volume lasts up to 20 s and a corrupt
+# model up to 25 s, each until it has bit; a stall 20 s, an outage of node a 30 s).
+FAULT_AT = {"disk": 0.15, "model": 0.25, "stall": 0.4, "supervisor": 0.75, "outage": 0.75}
 TX_PER_DAY = 4000
 
 
@@ -119,6 +119,7 @@ class RunFleet:
 
     def __init__(self, plan: Plan, data: Path, config: Path, logs: Path) -> None:
         self.plan, self.data, self.config, self.logs = plan, data, config, logs
+        self.worker_logs = data / "run" / "logs"  # fraudpipe run keeps them there
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.orphans: list[str] = []
@@ -195,11 +196,13 @@ class PodFleet:
     """Workers as a cluster runs them: each a `fraudpipe worker` on one node's mount, started
     again (after a second, as a kubelet would) when it dies."""
 
-    LAYOUT = (("gather", 0), ("train", 1), ("preprocess", 0), ("preprocess", 1),
+    # gather on node b: while node a is out the stream goes on, and node b must carry it
+    LAYOUT = (("gather", 1), ("train", 0), ("preprocess", 0), ("preprocess", 1),
               ("infer", 0), ("infer", 1))  # fmt: skip
 
     def __init__(self, plan: Plan, nodes: list[Path], truth: Path, config: Path, logs: Path):
         self.plan, self.nodes, self.truth, self.config, self.logs = plan, nodes, truth, config, logs
+        self.worker_logs = logs
         self.pods = [_Pod(stage, node) for stage, node in self.LAYOUT]
         self.orphans: list[str] = []
         self.seen: set[int] = set()
@@ -287,14 +290,42 @@ def _top_up(filler: Path) -> None:
                     fh.write(b"\0" * chunk)
 
 
+HELD_UP, REFUSED = "stage.held_up", "model.refused"  # what shows a fault has bitten
+
+
+class _Tail:
+    """The workers' log lines since the last look (every *.log under one folder)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.at: dict[Path, int] = {}
+
+    def new(self) -> Counter[str]:
+        """How many new whole lines hold each event that shows a fault bit."""
+        found: Counter[str] = Counter()
+        for path in self.folder.glob("*.log"):
+            with contextlib.suppress(OSError), open(path, "rb") as fh:
+                fh.seek(self.at.get(path, 0))
+                new = fh.read()
+                whole = new.rfind(b"\n") + 1
+                self.at[path] = self.at.get(path, 0) + whole
+                for event in (HELD_UP, REFUSED):
+                    found[event] += new[:whole].count(f'"{event}"'.encode())
+        return found
+
+
 class Chaos:
     def __init__(self, plan: Plan, fleet: Fleet, truth: Path, volume: Path | None) -> None:
         self.plan, self.fleet, self.truth, self.volume = plan, fleet, truth, volume
         self.rng = random.Random(plan.seed)
         self.counts: Counter[str] = Counter()
         self.paused: dict[int, float] = {}  # pid -> when to resume
-        self.filler: tuple[Path, float] | None = None
-        self.corrupt: tuple[str, str, float] | None = None  # bad version, good version, until
+        # each fault lasts a while, then on until it has bit (seen in the logs), up to a bound:
+        # (path or versions, until at least, until at most, how often it had bit before)
+        self.filler: tuple[Path, float, float, int] | None = None
+        self.tail = _Tail(fleet.worker_logs)
+        self.bit: Counter[str] = Counter()
+        self.corrupt: tuple[tuple[str, str], float, float, int] | None = None  # (bad, good)
         self.poison: dict[str, set[str]] = {}
         self.outage_until = 0.0
         self.last: dict[str, float] = {}
@@ -330,20 +361,26 @@ class Chaos:
             if now >= until:
                 _signal(pid, signal.SIGCONT)
                 del self.paused[pid]
-        if self.filler is not None and now >= self.filler[1]:
-            self.filler[0].unlink(missing_ok=True)
-            self.filler = None
-        elif self.filler is not None:
-            _top_up(self.filler[0])  # what retention freed meanwhile is taken again
-        if self.corrupt is not None and now >= self.corrupt[2]:
-            self._heal_model()
+        self.bit += self.tail.new()
+        if self.filler is not None:
+            path, least, most, before = self.filler
+            if now >= most or (now >= least and self.bit[HELD_UP] > before):
+                path.unlink(missing_ok=True)
+                self.filler = None
+            else:
+                _top_up(path)  # what retention freed meanwhile is taken again
+        if self.corrupt is not None:
+            _, least, most, before = self.corrupt
+            if now >= most or (now >= least and self.bit[REFUSED] > before):
+                self._heal_model()
         elapsed = now - self.started
         if not self.poison and elapsed > 5:
             self._inject_poison()
         # The rarer faults, once in every CYCLE_S seconds, each at its offset in the cycle
         # (so that they do not overlap, and a short soak sees each of them once).
         cycle, offset = divmod(elapsed, CYCLE_S)
-        if self._turn("disk", cycle, offset) and self.volume is not None:
+        # (the volume fills only once the poison is in: it is dropped in by hand, not retried)
+        if self.poison and self._turn("disk", cycle, offset) and self.volume is not None:
             self._fill_volume()
         if self._turn("stall", cycle, offset):
             self._stall_preprocess()
@@ -400,7 +437,10 @@ class Chaos:
         assert self.volume is not None
         filler = self.volume / "filler"
         _top_up(filler)
-        self.filler = (filler, time.monotonic() + self.rng.uniform(6, 12))
+        # full for 6 to 12 s, and on until a worker has been held up by it (a gather stopped
+        # and nothing else to write would leave it unfelt), 20 s at most (before the outage)
+        now = time.monotonic()
+        self.filler = (filler, now + self.rng.uniform(6, 12), now + 20, self.bit[HELD_UP])
         self.counts["volume full (ENOSPC)"] += 1
 
     def _corrupt_model(self) -> bool:
@@ -423,14 +463,16 @@ class Chaos:
         link = registry.root / f".current.{bad}"
         os.symlink(bad, link)
         os.replace(link, registry.root / "current")
-        self.corrupt = (bad, good, time.monotonic() + self.rng.uniform(6, 10))
+        # on until an infer has refused it (a link seen through a mount's cache changes late)
+        now = time.monotonic()
+        self.corrupt = ((bad, good), now + self.rng.uniform(6, 10), now + 25, self.bit[REFUSED])
         self.counts["corrupt model promoted"] += 1
         self.log.append(f"{time.time():.1f} corrupt model {bad} (good {good})")
         return True
 
     def _heal_model(self) -> None:
         assert self.corrupt is not None
-        bad, good, _ = self.corrupt
+        (bad, good), *_ = self.corrupt
         registry = ModelRegistry(self.truth / "models")
         self.log.append(f"{time.time():.1f} healing: current is {registry.current()}")
         if registry.current() == bad:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import random
@@ -18,13 +19,15 @@ import pytest
 import yaml
 
 from fraudpipe.config import load_settings
-from fraudpipe.layout import FEATURES, RAW, TOPICS
+from fraudpipe.layout import FEATURES, RAW, TOPICS, Layout
+from fraudpipe.queue import Queue
 from fraudpipe.worker import read_status
 from tests.audit import audit, offline_features
 from tests.conftest import fraudpipe
 from tests.pipeline import (
     alive,
     assert_exactly_once,
+    end,
     queue_states,
     run_stage,
     small_config,
@@ -83,7 +86,7 @@ def test_replicas_score_every_transaction_exactly_once(tmp_path: Path) -> None:
         )
         summary = finish(proc, 300)
     finally:
-        proc.kill()
+        end(proc)
     df = assert_exactly_once(data, cfg)
     assert summary["generated"] == summary["scored"] == df.height
     assert summary["model"] is not None and summary["alerts"] > 0
@@ -162,7 +165,7 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
         wait_for(all_back, 120)
         summary = finish(proc, 600)
     finally:
-        proc.kill()
+        end(proc)
     assert int(summary["restarts"]) >= sum(killed.values())  # type: ignore[call-overload]
     assert_exactly_once(data, cfg)
     states = queue_states(data, cfg)
@@ -191,6 +194,7 @@ def test_a_stalled_preprocess_finds_its_whole_history(tmp_path: Path) -> None:
     )
     data = tmp_path / "data"
     proc = start_run(data, cfg, "--no-dashboard")
+    stalled: list[dict[str, object]] = []
     try:
 
         def preprocessing() -> list[dict[str, object]]:
@@ -209,17 +213,23 @@ def test_a_stalled_preprocess_finds_its_whole_history(tmp_path: Path) -> None:
 
         wait_for(gather_done_and_pruned, 240)
         ahead = json.loads((data / "state" / "gather" / "checkpoint.json").read_text())
-        assert ahead["label_watermark"] >= "2018-07-20", ahead  # > 60 days past the stall
-        assert queue_states(data, cfg)[RAW]["pending"] >= 40
+        settings = load_settings(cfg, {"data_dir": data})
+        oldest = Queue(Layout(data).queue, settings.queue).topic(RAW).oldest_ms()
+        assert oldest is not None
+        behind = dt.datetime.fromisoformat(ahead["label_watermark"]) - dt.datetime.fromtimestamp(
+            oldest / 1000, dt.UTC
+        ).replace(tzinfo=None)
+        # past gather's own retention of 60 days: pruning by its position would have cut the
+        # history the stalled batches need
+        assert behind > dt.timedelta(days=60), (behind, ahead)
         for w in stalled:
             os.kill(int(w["pid"]), signal.SIGCONT)
         summary = finish(proc, 400)
     finally:
-        for w in read_status(data / "status"):
+        for w in stalled:  # (read_status leaves them out: their heartbeats are stale)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(w["pid"]), signal.SIGCONT)
-        proc.kill()
-    settings = load_settings(cfg, {"data_dir": data})
+                os.kill(int(w["pid"]), signal.SIGCONT)  # type: ignore[call-overload]
+        end(proc)
     report = audit(settings, offline_features(replay, cfg, tmp_path / "offline.parquet"))
     assert report.problems() == [], report.summary()
     assert report.features_checked == report.fed == summary["scored"]
@@ -250,8 +260,7 @@ def test_workers_die_with_their_supervisor_and_one_run_holds_a_data_dir(tmp_path
         summary = finish(third, 120)
         assert summary["interrupted"] is True
     finally:
-        first.kill()
-        first.communicate()
+        end(first)
 
 
 def test_a_run_that_did_not_score_everything_says_so_and_fails(tmp_path: Path) -> None:

@@ -46,5 +46,10 @@ def test_soak_on_two_mounts_of_one_export(tmp_path: Path) -> None:
     result = soak(tmp_path, mounts=2)
     nodes = result["batches_by_node"]
     assert isinstance(nodes, dict)
-    for stage in ("preprocess", "infer"):  # both nodes did real work
-        assert nodes.get(f"{stage} on node a", 0) > 0 and nodes.get(f"{stage} on node b", 0) > 0
+    # Both nodes handled batches through their own mount; and while node a was out, node b
+    # (gather's node: the stream went on) took over every stage that had run on both. Which
+    # node wins a batch otherwise is the listings' business: the one that wrote it sees it first.
+    for node in "ab":
+        assert sum(n for where, n in nodes.items() if where.endswith(f"node {node}")) > 0, nodes
+    for stage in ("preprocess", "infer"):
+        assert nodes.get(f"{stage} on node b", 0) > 0, nodes
