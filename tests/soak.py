@@ -463,9 +463,13 @@ class Chaos:
         link = registry.root / f".current.{bad}"
         os.symlink(bad, link)
         os.replace(link, registry.root / "current")
-        # on until an infer has refused it (a link seen through a mount's cache changes late)
+        # on until an infer has refused it (a link seen through a mount's cache changes late),
+        # train stopped meanwhile: a new model promoted could hide it before any infer looked
         now = time.monotonic()
         self.corrupt = ((bad, good), now + self.rng.uniform(6, 10), now + 25, self.bit[REFUSED])
+        for w in self.fleet.workers():
+            if w["stage"] == "train" and _signal(int(w["pid"]), signal.SIGSTOP):
+                self.paused[int(w["pid"])] = now + 25
         self.counts["corrupt model promoted"] += 1
         self.log.append(f"{time.time():.1f} corrupt model {bad} (good {good})")
         return True
@@ -473,6 +477,9 @@ class Chaos:
     def _heal_model(self) -> None:
         assert self.corrupt is not None
         (bad, good), *_ = self.corrupt
+        for w in self.fleet.workers():  # train goes on
+            if w["stage"] == "train" and self.paused.pop(int(w["pid"]), None):
+                _signal(int(w["pid"]), signal.SIGCONT)
         registry = ModelRegistry(self.truth / "models")
         self.log.append(f"{time.time():.1f} healing: current is {registry.current()}")
         if registry.current() == bad:
