@@ -400,6 +400,11 @@ class Chaos:
             # While node a is out, node b's few workers carry everything: faults aimed at them
             # alone (three times as often each) would keep them restarting, not working.
             return
+        first = [w for w in live if f"SIGKILL {w['stage']}" not in self.counts]
+        if first and elapsed > 5:  # every stage SIGKILLed once early on, whatever chance does
+            w = first[0]
+            self.counts[f"SIGKILL {w['stage']}"] += _signal(int(w["pid"]), signal.SIGKILL)
+            return
         busy = [w for w in live if w["worker"] in self._holders()]
         victim = self.rng.choice(busy if busy and self.rng.random() < 0.6 else live)
         pid, stage = int(victim["pid"]), victim["stage"]
