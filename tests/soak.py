@@ -326,6 +326,7 @@ class Chaos:
         self.tail = _Tail(fleet.worker_logs)
         self.bit: Counter[str] = Counter()
         self.corrupt: tuple[tuple[str, str], float, float, int] | None = None  # (bad, good)
+        self.held_trains: list[int] = []  # stopped while a corrupt model stands
         self.poison: dict[str, set[str]] = {}
         self.outage_until = 0.0
         self.last: dict[str, float] = {}
@@ -475,6 +476,7 @@ class Chaos:
         for w in self.fleet.workers():
             if w["stage"] == "train" and _signal(int(w["pid"]), signal.SIGSTOP):
                 self.paused[int(w["pid"])] = now + 25
+                self.held_trains.append(int(w["pid"]))
         self.counts["corrupt model promoted"] += 1
         self.log.append(f"{time.time():.1f} corrupt model {bad} (good {good})")
         return True
@@ -482,9 +484,10 @@ class Chaos:
     def _heal_model(self) -> None:
         assert self.corrupt is not None
         (bad, good), *_ = self.corrupt
-        for w in self.fleet.workers():  # train goes on
-            if w["stage"] == "train" and self.paused.pop(int(w["pid"]), None):
-                _signal(int(w["pid"]), signal.SIGCONT)
+        for pid in self.held_trains:  # train goes on (stopped, its status is stale: by pid)
+            if self.paused.pop(pid, None):
+                _signal(pid, signal.SIGCONT)
+        self.held_trains.clear()
         registry = ModelRegistry(self.truth / "models")
         self.log.append(f"{time.time():.1f} healing: current is {registry.current()}")
         if registry.current() == bad:
