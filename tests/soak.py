@@ -293,6 +293,20 @@ def _top_up(filler: Path) -> None:
 HELD_UP, REFUSED = "stage.held_up", "model.refused"  # what shows a fault has bitten
 
 
+@dataclass
+class _Hold:
+    """A fault in force: it lasts until `least`, then on until the workers' logs show it bit
+    (`event` logged more than the `before` times it had been), and ends at `most` regardless."""
+
+    event: str
+    least: float
+    most: float
+    before: int
+
+    def over(self, now: float, bit: Counter[str]) -> bool:
+        return now >= self.most or (now >= self.least and bit[self.event] > self.before)
+
+
 class _Tail:
     """The workers' log lines since the last look (every *.log under one folder)."""
 
@@ -320,12 +334,10 @@ class Chaos:
         self.rng = random.Random(plan.seed)
         self.counts: Counter[str] = Counter()
         self.paused: dict[int, float] = {}  # pid -> when to resume
-        # each fault lasts a while, then on until it has bit (seen in the logs), up to a bound:
-        # (path or versions, until at least, until at most, how often it had bit before)
-        self.filler: tuple[Path, float, float, int] | None = None
         self.tail = _Tail(fleet.worker_logs)
         self.bit: Counter[str] = Counter()
-        self.corrupt: tuple[tuple[str, str], float, float, int] | None = None  # (bad, good)
+        self.filler: tuple[Path, _Hold] | None = None
+        self.corrupt: tuple[str, str, _Hold] | None = None  # (bad version, good version, hold)
         self.held_trains: list[int] = []  # stopped while a corrupt model stands
         self.poison: dict[str, set[str]] = {}
         self.outage_until = 0.0
@@ -364,16 +376,14 @@ class Chaos:
                 del self.paused[pid]
         self.bit += self.tail.new()
         if self.filler is not None:
-            path, least, most, before = self.filler
-            if now >= most or (now >= least and self.bit[HELD_UP] > before):
+            path, hold = self.filler
+            if hold.over(now, self.bit):
                 path.unlink(missing_ok=True)
                 self.filler = None
             else:
                 _top_up(path)  # what retention freed meanwhile is taken again
-        if self.corrupt is not None:
-            _, least, most, before = self.corrupt
-            if now >= most or (now >= least and self.bit[REFUSED] > before):
-                self._heal_model()
+        if self.corrupt is not None and self.corrupt[2].over(now, self.bit):
+            self._heal_model()
         elapsed = now - self.started
         if not self.poison and elapsed > 5:
             self._inject_poison()
@@ -446,7 +456,8 @@ class Chaos:
         # full for 6 to 12 s, and on until a worker has been held up by it (a gather stopped
         # and nothing else to write would leave it unfelt), 20 s at most (before the outage)
         now = time.monotonic()
-        self.filler = (filler, now + self.rng.uniform(6, 12), now + 20, self.bit[HELD_UP])
+        hold = _Hold(HELD_UP, now + self.rng.uniform(6, 12), now + 20, self.bit[HELD_UP])
+        self.filler = (filler, hold)
         self.counts["volume full (ENOSPC)"] += 1
 
     def _corrupt_model(self) -> bool:
@@ -472,7 +483,8 @@ class Chaos:
         # on until an infer has refused it (a link seen through a mount's cache changes late),
         # train stopped meanwhile: a new model promoted could hide it before any infer looked
         now = time.monotonic()
-        self.corrupt = ((bad, good), now + self.rng.uniform(6, 10), now + 25, self.bit[REFUSED])
+        hold = _Hold(REFUSED, now + self.rng.uniform(6, 10), now + 25, self.bit[REFUSED])
+        self.corrupt = (bad, good, hold)
         for w in self.fleet.workers():
             if w["stage"] == "train" and _signal(int(w["pid"]), signal.SIGSTOP):
                 self.paused[int(w["pid"])] = now + 25
@@ -483,7 +495,7 @@ class Chaos:
 
     def _heal_model(self) -> None:
         assert self.corrupt is not None
-        (bad, good), *_ = self.corrupt
+        bad, good, _ = self.corrupt
         for pid in self.held_trains:  # train goes on (stopped, its status is stale: by pid)
             if self.paused.pop(pid, None):
                 _signal(pid, signal.SIGCONT)

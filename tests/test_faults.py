@@ -88,6 +88,18 @@ class Lines:
         raise AssertionError(f"no line with {text!r} within {timeout} s")
 
 
+def _worker(stage: str, data: Path, cfg: Path) -> tuple[subprocess.Popen[str], Lines]:
+    """One `fraudpipe worker` of `stage`, logging JSON, with its output read line by line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
+    env["FRAUDPIPE_LOG__FORMAT"] = "json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fraudpipe", "worker", f"--stage={stage}", "--data-dir",
+         str(data), "--config", str(cfg), "--port", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    return proc, Lines(proc)
+
+
 def test_a_full_volume_holds_batches_back_and_loses_nothing(
     tmp_path: Path, small_volume: Path
 ) -> None:
@@ -99,14 +111,7 @@ def test_a_full_volume_holds_batches_back_and_loses_nothing(
     raw = sorted((data / "queue" / RAW / "pending").iterdir())
     assert len(raw) > 5
     filler = fill(small_volume)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
-    env["FRAUDPIPE_LOG__FORMAT"] = "json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fraudpipe", "worker", "--stage=preprocess", "--data-dir",
-         str(data), "--config", str(cfg), "--port", "0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    lines = Lines(proc)
+    proc, lines = _worker("preprocess", data, cfg)
     try:
         held = lines.wait_for('"batch.deferred"', 60)
         lines.wait_for("ENOSPC", 60)
@@ -149,15 +154,8 @@ def test_a_worker_stops_however_many_times_it_is_told(tmp_path: Path) -> None:
     re-parents it, and sends PR_SET_PDEATHSIG, as each thread exits). The handler took locks
     (threading.Event, logging): run nested, it waited on itself and the worker never stopped."""
     cfg = small_config(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
-    env["FRAUDPIPE_LOG__FORMAT"] = "json"
     for attempt in range(3):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fraudpipe", "worker", "--stage=preprocess", "--data-dir",
-             str(tmp_path / f"data{attempt}"), "--config", str(cfg), "--port", "0"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        lines = Lines(proc)
+        proc, lines = _worker("preprocess", tmp_path / f"data{attempt}", cfg)
         try:
             lines.wait_for('"worker.started"', 60)
             for _ in range(2000):  # as fast as they go: many land inside the handler
