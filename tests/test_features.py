@@ -7,6 +7,7 @@ import random
 from collections import defaultdict
 from fractions import Fraction
 
+import array_api_strict
 import numpy as np
 import polars as pl
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from fraudpipe import features
+from fraudpipe import kernel
 from fraudpipe.config import FeatureSettings
 from fraudpipe.features import compute_features, feature_names, lookback
 from fraudpipe.schema import LABELS, MAX_AMOUNT, TRANSACTIONS, BadBatch
@@ -29,6 +30,9 @@ CONFIGS = [
     HANDBOOK,
 ]
 IDS = ["default", "small", "nodelay", "handbook"]
+# The one kernel, under numpy and under the strict namespace, which refuses any call outside
+# the array API standard (what cupy runs on the GPU): both must give the reference's bits.
+NAMESPACES = [pytest.param(None, id="numpy"), pytest.param(array_api_strict, id="strict")]
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -172,13 +176,15 @@ def naive(tx: pl.DataFrame, labels: pl.DataFrame, cfg: FeatureSettings) -> pl.Da
     return pl.DataFrame([{k: f[k] for k in schema} for f in out], schema=schema)
 
 
+@pytest.mark.parametrize("xp", NAMESPACES)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("seed", [1, 2])
-def test_matches_naive_reference(cfg: FeatureSettings, seed: int) -> None:
+def test_matches_naive_reference(cfg: FeatureSettings, seed: int, xp: object) -> None:
     tx, labels = random_data(seed, 300, 45 if cfg == CONFIGS[0] else 8)
-    assert_frame_equal(compute_features(tx, labels, cfg), naive(tx, labels, cfg))
+    assert_frame_equal(compute_features(tx, labels, cfg, xp=xp), naive(tx, labels, cfg))
 
 
+@pytest.mark.parametrize("xp", NAMESPACES)
 @settings(max_examples=60, deadline=None)
 @given(
     data=st.data(),
@@ -186,7 +192,7 @@ def test_matches_naive_reference(cfg: FeatureSettings, seed: int) -> None:
     delay=st.integers(0, 3),
 )
 def test_matches_naive_reference_property(
-    data: st.DataObject, windows: list[int], delay: int
+    xp: object, data: st.DataObject, windows: list[int], delay: int
 ) -> None:
     cfg = FeatureSettings(windows_days=windows, terminal_delay_days=delay)
     rows = data.draw(
@@ -208,11 +214,12 @@ def test_matches_naive_reference_property(
         st.lists(st.tuples(st.integers(0, len(rows) - 1), st.integers(0, 1), st.integers(0, 30)))
     )
     labels = make_labels([(ids[k], f, ts[k] + dt.timedelta(hours=6 * d)) for k, f, d in picks])
-    assert_frame_equal(compute_features(tx, labels, cfg), naive(tx, labels, cfg))
+    assert_frame_equal(compute_features(tx, labels, cfg, xp=xp), naive(tx, labels, cfg))
 
 
+@pytest.mark.parametrize("xp", NAMESPACES)
 @pytest.mark.parametrize("spread", [1, 10**18])
-def test_keys_without_history(spread: int) -> None:
+def test_keys_without_history(spread: int, xp: object) -> None:
     """Terminals below, above and between those in a row's window count nothing."""
     cfg = FeatureSettings(windows_days=[1, 2], terminal_delay_days=1)
     far = 4 * 10**18  # codes for far-off keys must not overflow
@@ -221,18 +228,19 @@ def test_keys_without_history(spread: int) -> None:
     ids = [1, 2, 3, 4, 5, 6, 7, 8]
     tx = make_tx(ts, ids, [0, 0, 1, 1, 2, 2, 3, 3], term, [100, 250, 300, 5, 7, 9, 1, 2])
     labels = make_labels([(1, 1, ts[0]), (2, 1, ts[4])])
-    out = compute_features(tx, labels, cfg)
+    out = compute_features(tx, labels, cfg, xp=xp)
     assert out["terminal_nb_tx_2d"].to_list() == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert out["terminal_risk_2d"].to_list() == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert_frame_equal(out, naive(tx, labels, cfg))
 
 
-def test_key_overflow_falls_back_to_time_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_key_overflow_falls_back_to_time_ranks(monkeypatch: pytest.MonkeyPatch, xp: object) -> None:
     tx, labels = random_data(3, 200, 40)
     cfg = FeatureSettings()
-    wide = compute_features(tx, labels, cfg)
-    monkeypatch.setattr(features, "_KEY_LIMIT", 10)
-    ranked = compute_features(tx, labels, cfg)
+    wide = compute_features(tx, labels, cfg, xp=xp)
+    monkeypatch.setattr(kernel, "_KEY_LIMIT", 10)
+    ranked = compute_features(tx, labels, cfg, xp=xp)
     assert_frame_equal(ranked, wide)
     assert_frame_equal(ranked, naive(tx, labels, cfg))
 
@@ -321,7 +329,8 @@ def test_amounts_outside_the_exact_range_are_refused(amount: float, shown: str) 
     )
 
 
-def test_weekend_and_night_flags() -> None:
+@pytest.mark.parametrize("xp", NAMESPACES)
+def test_weekend_and_night_flags(xp: object) -> None:
     ts = [
         dt.datetime(2018, 4, 6, 23, 59, 59),  # Friday night
         dt.datetime(2018, 4, 7, 0, 0),  # Saturday
@@ -333,7 +342,7 @@ def test_weekend_and_night_flags() -> None:
     ]
     n = len(ts)
     tx = make_tx(ts, list(range(n)), [0] * n, [0] * n, [100] * n)
-    out = compute_features(tx, make_labels([]), FeatureSettings())
+    out = compute_features(tx, make_labels([]), FeatureSettings(), xp=xp)
     assert out["is_weekend"].to_list() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
     assert out["is_night"].to_list() == [0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
 
@@ -414,3 +423,19 @@ def simulate(seed: int, days: int, per_day: int) -> tuple[pl.DataFrame, pl.DataF
         fraud_scenario=pl.lit(1, pl.Int8),
     )
     return tx, labels
+
+
+def test_the_kernel_gives_the_same_bits_in_every_namespace() -> None:
+    """The simulator's own data (frauds of all three scenarios, labels arriving late), every
+    feature of every row: the strict namespace computes numpy's bits."""
+    from fraudpipe.config import SimulatorSettings
+    from fraudpipe.simulate import Simulator
+
+    sim = Simulator(SimulatorSettings(n_customers=400, n_terminals=800), label_delay_days=7.0)
+    df = pl.concat([sim.day(d) for d in range(60)])
+    labels = df.select("transaction_id", "is_fraud", "label_ts", "fraud_scenario")
+    tx = df.with_columns(created_at=pl.lit(None, pl.Float64)).select(list(TRANSACTIONS))
+    cfg = FeatureSettings()
+    on_numpy = compute_features(tx, labels, cfg)
+    assert on_numpy["terminal_first_fraud_days"].max() > 0  # frauds were known and counted
+    assert_frame_equal(compute_features(tx, labels, cfg, xp=array_api_strict), on_numpy)

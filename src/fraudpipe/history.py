@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from fraudpipe.config import FeatureSettings
+from fraudpipe.devices import CPU, Device
 from fraudpipe.eventlog import EventLog
 from fraudpipe.features import compute_rows, lookback, output_schema, valid_transactions
 from fraudpipe.schema import LABELS, TRANSACTIONS, BadBatch, check
@@ -65,9 +66,10 @@ class StreamingFeatures:
     labels are evicted by label_ts.
     """
 
-    def __init__(self, log: EventLog, cfg: FeatureSettings) -> None:
+    def __init__(self, log: EventLog, cfg: FeatureSettings, device: Device = CPU) -> None:
         self._log = log
         self._cfg = cfg
+        self._xp = device.xp
         self._lookback_us = lookback(cfg) // dt.timedelta(microseconds=1)
         self._held: dict[str, _Held] = {}
 
@@ -88,7 +90,8 @@ class StreamingFeatures:
             )
         hist = pl.concat([e.rows for e in chain]).filter(~pl.col("transaction_id").is_in(ids))
         frauds = pl.concat([e.frauds for e in chain])
-        out = compute_rows(pl.concat([batch, hist]), frauds, self._cfg, np.arange(batch.height))
+        rows = np.arange(batch.height)
+        out = compute_rows(pl.concat([batch, hist]), frauds, self._cfg, rows, self._xp)
         self._evict(lo)
         return out
 

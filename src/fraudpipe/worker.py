@@ -31,6 +31,7 @@ import polars as pl
 
 from fraudpipe import durable, schema
 from fraudpipe.config import Settings
+from fraudpipe.devices import CPU, Device, require_device
 from fraudpipe.layout import Layout
 from fraudpipe.logs import EventLogger, get_logger
 from fraudpipe.metrics import Health, Metrics, serve
@@ -79,7 +80,7 @@ class Context:
     log: EventLogger
     stop: StopFlag
     health: Health
-    device: str = "cpu"
+    device: Device = CPU
     mode: Mode = Mode.FOREVER
 
 
@@ -259,7 +260,7 @@ class Worker:
             log=get_logger(stage_name),
             stop=self.stop,
             health=self.health,
-            device=device,
+            device=require_device(stage_name, device),
             mode=mode,
         )
         from fraudpipe.stages import build
@@ -330,7 +331,7 @@ class Worker:
         doc = {
             "worker": self.worker_id,
             "stage": self.stage.name,
-            "device": self.ctx.device,
+            "device": self.ctx.device.kind,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started_at": self.started_at,
@@ -371,7 +372,7 @@ class Worker:
             "worker.started",
             worker=self.worker_id,
             stage=self.stage.name,
-            device=self.ctx.device,
+            device=self.ctx.device.kind,
             mode=self.mode.value,
             port=self.port,
             data_dir=str(s.data_dir),

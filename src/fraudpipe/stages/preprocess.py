@@ -33,7 +33,7 @@ class Preprocess(BatchStage):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.features = StreamingFeatures(
-            EventLog(ctx.layout, fsync=ctx.settings.queue.fsync), ctx.settings.features
+            EventLog(ctx.layout, fsync=ctx.settings.queue.fsync), ctx.settings.features, ctx.device
         )
         self.store = ctx.layout.feature_store
         self.registry = ModelRegistry(ctx.layout.models)
