@@ -7,8 +7,6 @@ import pytest
 
 from fraudpipe.config import TrainSettings
 from fraudpipe.model import (
-    ModelLoadError,
-    OnnxScorer,
     TrainingStopped,
     average_precision,
     best_f1_threshold,
@@ -18,6 +16,7 @@ from fraudpipe.model import (
     train_booster,
     train_with_validation,
 )
+from fraudpipe.scoring import ModelLoadError, OnnxScorer
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4", "f5"]
 CFG = TrainSettings(num_boost_round=40, num_leaves=15, min_data_in_leaf=20, threads=1)

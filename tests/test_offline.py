@@ -17,9 +17,11 @@ from fraudpipe import schema
 from fraudpipe.config import SimulatorSettings, load_settings
 from fraudpipe.features import compute_features, feature_names
 from fraudpipe.layout import Layout
-from fraudpipe.model import OnnxScorer, booster_params, top_contributions
+from fraudpipe.model import booster_params
+from fraudpipe.reasons import Forest, top_contributions
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.replay import HANDBOOK_COLUMNS
+from fraudpipe.scoring import open_scorer
 from fraudpipe.simulate import Simulator
 from tests.conftest import fraudpipe
 from tests.pipeline import scored
@@ -157,7 +159,7 @@ def test_score_is_what_infer_computes(offline: Path) -> None:
     assert results["transaction_id"].to_list() == feats["transaction_id"].to_list()
 
     X = feats.select(names).to_numpy().astype(np.float32)
-    scores = OnnxScorer(offline / "model" / "model.onnx").score(X)
+    scores = open_scorer("compiled", offline / "model", manifest).score(X)  # infer's default
     assert np.array_equal(results["score"].to_numpy(), scores)
     alerts = scores >= manifest["threshold"]
     assert np.array_equal(results["is_alert"].to_numpy(), alerts)
@@ -170,7 +172,8 @@ def test_score_is_what_infer_computes(offline: Path) -> None:
     assert (n_reasons.filter(results["is_alert"]) == schema.REASONS).all()
     assert (n_reasons.filter(~results["is_alert"]) == 0).all()
     booster = lgb.Booster(model_file=str(offline / "model" / "model.txt"))
-    expected = top_contributions(booster, X[alerts], names, schema.REASONS)
+    contributions = Forest.of(booster).contributions(X[alerts])
+    expected = top_contributions(contributions, names, schema.REASONS)
     got = [
         [(r["feature"], r["contribution"]) for r in row]
         for row in results.filter("is_alert")["reasons"].to_list()

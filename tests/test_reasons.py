@@ -1,4 +1,5 @@
-"""Reason codes on alerts: LightGBM's own SHAP contributions, for alert rows only."""
+"""Reason codes on alerts: path attributions of the booster, for alert rows only, checked
+against a walk of the model's JSON dump written here, and beside LightGBM's TreeSHAP."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import pytest
 from fraudpipe import schema
 from fraudpipe.config import TrainSettings, load_settings
 from fraudpipe.layout import FEATURES, RESULTS, Layout
-from fraudpipe.model import export_onnx, top_contributions, train_booster
+from fraudpipe.model import export_onnx, train_booster
+from fraudpipe.reasons import Forest, top_contributions
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.stages.infer import Infer
 from fraudpipe.worker import Mode, Worker
 from tests.pipeline import assert_exactly_once, run_stage, small_config
 
 NAMES = ["f0", "f1", "f2", "f3", "f4", "f5"]
+AGREEMENT = 0.95  # 1.0 measured (and the first reasons equal for 82%): docs/performance.md
 CFG = TrainSettings(num_boost_round=40, num_leaves=15, min_data_in_leaf=20, threads=1)
 
 
@@ -33,10 +36,34 @@ def make_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float32), y
 
 
+def naive_contributions(booster: lgb.Booster, row: np.ndarray) -> np.ndarray:
+    """One row's path attributions (then the bias), walking each tree of the JSON dump: a split
+    credits its feature with the change of expected output (leaf values weighted by rows)."""
+
+    def rows(node: dict) -> float:
+        return node["leaf_count"] if "leaf_value" in node else node["internal_count"]
+
+    def mean(node: dict) -> float:
+        if "leaf_value" in node:
+            return node["leaf_value"]
+        left, right = node["left_child"], node["right_child"]
+        return (rows(left) * mean(left) + rows(right) * mean(right)) / (rows(left) + rows(right))
+
+    out = np.zeros(len(NAMES) + 1)
+    for tree in booster.dump_model()["tree_info"]:
+        node = tree["tree_structure"]
+        out[-1] += mean(node)
+        while "leaf_value" not in node:
+            x = float(row[node["split_feature"]])
+            child = node["left_child"] if x <= node["threshold"] else node["right_child"]
+            out[node["split_feature"]] += mean(child) - mean(node)
+            node = child
+    return out
+
+
 def expected_reasons(booster: lgb.Booster, row: np.ndarray, k: int) -> list[tuple[str, float]]:
-    """Top k of one row's pred_contrib, largest first, computed here independently."""
-    contrib = booster.predict(row.reshape(1, -1), pred_contrib=True)[0]
-    pairs = list(zip(NAMES, contrib[:-1].tolist(), strict=True))
+    """Top k of one row's contributions, largest first, computed here independently."""
+    pairs = list(zip(NAMES, naive_contributions(booster, row)[:-1].tolist(), strict=True))
     return sorted(pairs, key=lambda pair: -pair[1])[:k]  # sorted() is stable: ties keep order
 
 
@@ -71,32 +98,55 @@ def booster() -> lgb.Booster:
     return train_booster(X, y, CFG, NAMES)
 
 
-def test_top_contributions_are_the_largest_shap_values(booster: lgb.Booster) -> None:
-    X, _ = make_rows(300, seed=2)
-    got = top_contributions(booster, X, NAMES, 3)
-    assert len(got) == len(X)
-    for row, reasons in zip(X, got, strict=True):
+def explain(booster: lgb.Booster, X: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+    return top_contributions(Forest.of(booster).contributions(X), NAMES, k)
+
+
+def test_contributions_are_the_path_attributions(booster: lgb.Booster) -> None:
+    X_fresh, _ = make_rows(300, seed=2)
+    X_train, _ = make_rows(10_000, seed=1)  # training rows lie on thresholds: the hard case
+    forest = Forest.of(booster)
+    for X in (X_fresh, X_train[:300]):
+        contrib = forest.contributions(X)
+        for row, got in zip(X, contrib, strict=True):
+            np.testing.assert_allclose(got, naive_contributions(booster, row), rtol=0, atol=1e-9)
+        # Every contribution plus the bias is the booster's raw log-odds score, and the bias
+        # is TreeSHAP's (the model's expected output).
+        raw = booster.predict(X, raw_score=True)
+        np.testing.assert_allclose(contrib.sum(axis=1), raw, rtol=0, atol=1e-9)
+        shap = booster.predict(X, pred_contrib=True)
+        np.testing.assert_allclose(contrib[:, -1], shap[:, -1], rtol=0, atol=1e-9)
+    got = explain(booster, X_fresh, 3)
+    assert len(got) == len(X_fresh)
+    for row, reasons in zip(X_fresh, got, strict=True):
         as_dicts = [{"feature": f, "contribution": c} for f, c in reasons]
         assert_same_reasons(as_dicts, expected_reasons(booster, row, 3))
         values = [c for _, c in reasons]
         assert values == sorted(values, reverse=True)
-    # Every contribution plus the bias is the booster's raw log-odds score.
-    contrib = booster.predict(X, pred_contrib=True)
-    np.testing.assert_allclose(contrib.sum(axis=1), booster.predict(X, raw_score=True), atol=1e-6)
     # k larger than the features: every feature, ranked; no rows: no reasons.
-    assert [len(r) for r in top_contributions(booster, X[:2], NAMES, 10)] == [6, 6]
-    assert top_contributions(booster, X[:0], NAMES, 3) == []
+    assert [len(r) for r in explain(booster, X_fresh[:2], 10)] == [6, 6]
+    assert explain(booster, X_fresh[:0], 3) == []
     with pytest.raises(ValueError, match="6 features"):
-        top_contributions(booster, X[:, :4], NAMES, 3)
+        forest.contributions(X_fresh[:, :4])
+
+
+def test_reasons_name_what_treeshap_names(booster: lgb.Booster) -> None:
+    """Not the same method (TreeSHAP shares interactions out over feature orders), but on
+    the rows that alert, the feature TreeSHAP puts first is among these three."""
+    X, _ = make_rows(20_000, seed=7)
+    alerts = X[booster.predict(X) >= np.quantile(booster.predict(X), 0.99)]
+    ours = np.argsort(-Forest.of(booster).contributions(alerts)[:, :-1], axis=1)[:, :3]
+    shap_first = np.argmax(booster.predict(alerts, pred_contrib=True)[:, :-1], axis=1)
+    assert (ours == shap_first[:, None]).any(axis=1).mean() >= AGREEMENT
 
 
 def test_fewer_positive_than_k_still_gives_k(booster: lgb.Booster) -> None:
     """Rows with under three features pushing towards fraud get the least negative ones next."""
     X, _ = make_rows(2_000, seed=3)
-    contrib = booster.predict(X, pred_contrib=True)[:, :-1]
+    contrib = Forest.of(booster).contributions(X)[:, :-1]
     few = np.flatnonzero((contrib > 0).sum(axis=1) < 3)
     assert few.size > 0
-    for i, reasons in zip(few, top_contributions(booster, X[few], NAMES, 3), strict=True):
+    for i, reasons in zip(few, explain(booster, X[few], 3), strict=True):
         assert len(reasons) == 3 and reasons[-1][1] <= 0
         got = [{"feature": f, "contribution": c} for f, c in reasons]
         assert_same_reasons(got, expected_reasons(booster, X[i], 3))
@@ -141,11 +191,8 @@ def test_infer_explains_alerts_only(booster: lgb.Booster, tmp_path: Path) -> Non
     assert 50 < alerts.sum() < 400
     lengths = out["reasons"].list.len().to_numpy()
     assert (lengths[alerts] == schema.REASONS).all() and (lengths[~alerts] == 0).all()
-    raw = booster.predict(X, raw_score=True)
     for i in np.flatnonzero(alerts):
         assert_same_reasons(out["reasons"][int(i)].to_list(), expected_reasons(booster, X[i], 3))
-        contrib = booster.predict(X[i : i + 1], pred_contrib=True)[0]
-        assert abs(contrib.sum() - raw[i]) < 1e-6
     # A Parquet round trip (what the queue and results/ store) keeps the column as it is.
     path = tmp_path / "out.parquet"
     out.write_parquet(path)

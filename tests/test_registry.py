@@ -12,13 +12,21 @@ import numpy as np
 import pytest
 
 from fraudpipe.config import TrainSettings
-from fraudpipe.model import OnnxScorer, export_onnx, train_booster
+from fraudpipe.model import export_onnx, train_booster
 from fraudpipe.registry import (
     VERSION_RE,
     ModelRegistry,
     RegistryError,
     UnknownVersionError,
     UnusableVersionError,
+)
+from fraudpipe.scoring import (
+    SCORERS,
+    CompiledScorer,
+    OnnxScorer,
+    compile_forest,
+    compiled_name,
+    digest,
 )
 from tests.conftest import fraudpipe
 
@@ -50,19 +58,23 @@ def test_save_writes_a_whole_version(registry: ModelRegistry, model: tuple) -> N
     version = save(registry, model, metrics={"average_precision": 0.5})
     assert VERSION_RE.match(version)
     assert sorted(p.name for p in registry.root.iterdir()) == [version]  # no temp dir left
-    assert sorted(p.name for p in (registry.root / version).iterdir()) == [
-        "manifest.json",
-        "model.onnx",
-        "model.txt",
-    ]
+    assert sorted(p.name for p in (registry.root / version).iterdir()) == sorted(
+        ["manifest.json", compiled_name(), "model.onnx", "model.txt"]
+    )
     manifest = registry.manifest(version)
     assert manifest["version"] == version
     assert manifest["created_at"].endswith("+00:00")
     assert manifest["metrics"] == {"average_precision": 0.5}
+    assert set(manifest["compiled"]) == {compiled_name()}
     loaded = registry.load_booster(version)
     np.testing.assert_allclose(loaded.predict(X), booster.predict(X))
     onnx = OnnxScorer(registry.onnx_path(version)).score(X)
     assert np.abs(onnx - booster.predict(X)).max() < 1e-2
+    for kind in SCORERS:
+        scores = registry.scorer(version, kind).score(X)
+        assert np.abs(scores - booster.predict(X)).max() < (1e-2 if kind == "onnx" else 1e-6)
+    compiled = registry.scorer(version, "compiled")
+    assert isinstance(compiled, CompiledScorer) and compiled.compiled_here_s is None  # loaded
 
 
 def test_failed_save_leaves_nothing(registry: ModelRegistry, model: tuple) -> None:
@@ -171,12 +183,36 @@ def corrupt(registry: ModelRegistry, version: str, how: str) -> None:
         (where / "model.txt").unlink()
     elif how == "manifest not JSON":
         (where / "manifest.json").write_text("{")
+    elif how == "compiled object cut short":
+        obj = where / compiled_name()
+        obj.write_bytes(obj.read_bytes()[: obj.stat().st_size // 2])
+    elif how == "compiled object of another model":
+        other = registry.versions()[0]
+        assert other != version
+        booster = registry.load_booster(other)
+        retrained = lgb.train(
+            {"objective": "binary", "verbose": -1, "num_leaves": 4, "seed": 9},
+            lgb.Dataset(np.eye(3, dtype=np.float32).repeat(50, 0), [0, 1, 1] * 50),
+            3,
+        )
+        assert booster.model_to_string() != retrained.model_to_string()
+        (where / compiled_name()).write_bytes(compile_forest(retrained.model_to_string()))
+        m = registry.manifest(version)
+        recorded = {compiled_name(): {"sha256": digest((where / compiled_name()).read_bytes())}}
+        (where / "manifest.json").write_text(json.dumps({**m, "compiled": recorded}))
     elif how == "features disagree":
         m = registry.manifest(version)
         (where / "manifest.json").write_text(json.dumps({**m, "feature_names": ["a", "b"]}))
 
 
-HOW = ["onnx cut short", "model.txt gone", "manifest not JSON", "features disagree"]
+HOW = [
+    "onnx cut short",
+    "model.txt gone",
+    "manifest not JSON",
+    "features disagree",
+    "compiled object cut short",
+    "compiled object of another model",
+]
 
 
 @pytest.mark.parametrize("how", HOW)

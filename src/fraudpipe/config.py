@@ -254,6 +254,9 @@ class TrainSettings(_Section):
     )
 
 
+ScorerKind = Literal["compiled", "onnx", "lightgbm"]  # scoring.py
+
+
 class InferSettings(_Section):
     threshold: float | None = Field(
         None,
@@ -262,7 +265,12 @@ class InferSettings(_Section):
         description="Alert when score >= threshold (None: the threshold chosen on the model's "
         "holdout and stored in its manifest).",
     )
-    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per worker.")
+    scorer: ScorerKind = Field(
+        "compiled",
+        description="How infer scores: compiled (the forest as native code, exact to "
+        "LightGBM), onnx (onnxruntime, float32) or lightgbm (the booster's own predict).",
+    )
+    threads: int = Field(1, ge=1, description="Scoring threads per infer worker.")
 
 
 class MetricsSettings(_Section):

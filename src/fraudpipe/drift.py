@@ -35,8 +35,8 @@ from fraudpipe import schema
 from fraudpipe.config import TrainSettings
 from fraudpipe.eventlog import day_partitions
 from fraudpipe.layout import Layout
-from fraudpipe.model import OnnxScorer
 from fraudpipe.registry import ModelRegistry
+from fraudpipe.scoring import OnnxScorer
 
 BINS = 10
 EPSILON = 1e-4

@@ -1,8 +1,8 @@
-"""The fraud model: LightGBM training, ONNX export and scoring, and holdout metrics.
+"""The fraud model: LightGBM training, ONNX export, reason codes and holdout metrics.
 
-Nothing here knows the shared volume; registry.py stores models and training.py runs a
-training end to end. Metrics are plain numpy so that every stage can use them. Reason codes
-(:func:`alert_reasons`) are built here once, for infer and for ``fraudpipe score``.
+Nothing here knows the shared volume; registry.py stores models, training.py runs a training
+end to end, scoring.py scores and reasons.py explains. Metrics are plain numpy so that every
+stage can use them.
 """
 
 from __future__ import annotations
@@ -10,27 +10,18 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 import onnxmltools
-import onnxruntime as ort
-import polars as pl
-import pyarrow as pa
 from onnxmltools.convert.common.data_types import FloatTensorType
 
-from fraudpipe import schema
 from fraudpipe.config import TrainSettings
 
 SEED = 42
 ONNX_OPSET = 15
-
-
-class ModelLoadError(Exception):
-    """An ONNX model cannot be loaded (missing, truncated or not ONNX)."""
 
 
 class TrainingStopped(Exception):
@@ -289,117 +280,6 @@ def export_onnx(booster: lgb.Booster, n_features: int) -> bytes:
     )
     data: bytes = onnx_model.SerializeToString()
     return data
-
-
-class OnnxScorer:
-    """Scores rows with an exported model on onnxruntime's CPU provider."""
-
-    def __init__(self, path_or_bytes: str | Path | bytes, threads: int = 1) -> None:
-        """Load a model from a file or from bytes; threads=0 lets onnxruntime choose."""
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        source = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-        try:
-            self._session = ort.InferenceSession(
-                source, sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime's errors derive from Exception only
-            where = "bytes" if isinstance(source, bytes) else source
-            raise ModelLoadError(f"cannot load ONNX model from {where}: {exc}") from exc
-        model_input = self._session.get_inputs()[0]
-        self._input = model_input.name
-        self.n_features: int = model_input.shape[1]
-        names = [o.name for o in self._session.get_outputs()]
-        self._output = "probabilities" if "probabilities" in names else names[-1]
-
-    def score(self, X: np.ndarray) -> npt.NDArray[np.float32]:
-        """Probability of fraud for every row of X (float32, shape [N])."""
-        rows = np.ascontiguousarray(X, dtype=np.float32)
-        if rows.ndim != 2 or rows.shape[1] != self.n_features:
-            raise ValueError(f"expected rows of {self.n_features} features, got shape {X.shape}")
-        if rows.shape[0] == 0:
-            return np.empty(0, dtype=np.float32)
-        probabilities = self._session.run([self._output], {self._input: rows})[0]
-        return np.ascontiguousarray(probabilities[:, 1], dtype=np.float32)
-
-
-def top_contributions(
-    booster: lgb.Booster,
-    X: np.ndarray,
-    feature_names: list[str],
-    k: int,
-    *,
-    threads: int = 0,
-) -> list[list[tuple[str, float]]]:
-    """Reason codes: for every row of X, the k features with the largest SHAP contributions.
-
-    Contributions are LightGBM's own TreeSHAP values (``booster.predict(X, pred_contrib=True)``)
-    in log-odds: for each row they sum, with the bias (expected value) in the last column, to
-    the booster's raw score, ``booster.predict(X, raw_score=True)``. They explain the LightGBM
-    booster; infer scores with its ONNX export, which matches LightGBM within ~1e-6 on fresh
-    rows (median; see test_model), so they explain the scores that raised the alerts.
-
-    Each row's list is sorted by contribution, largest first: the features pushing the score
-    hardest towards fraud come first, and when fewer than k push towards fraud the list is
-    completed with those pushing least against it. Equal contributions keep feature order.
-    Cost grows with the rows given: TreeSHAP is far dearer than scoring (about 1 ms per row
-    and thread for 200 trees of 31 leaves, ~150x an ONNX score), so pass only the rows that
-    need explaining. threads: LightGBM threads (0: OpenMP's default).
-    """
-    rows = np.asarray(X)
-    if rows.ndim != 2 or rows.shape[1] != len(feature_names):
-        raise ValueError(f"expected rows of {len(feature_names)} features, got shape {rows.shape}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if rows.shape[0] == 0:
-        return []
-    contrib = np.asarray(booster.predict(rows, pred_contrib=True, num_threads=threads))
-    if contrib.shape != (rows.shape[0], len(feature_names) + 1):
-        raise ValueError(
-            f"the booster's contributions have shape {contrib.shape}, expected "
-            f"{(rows.shape[0], len(feature_names) + 1)}: one column per feature plus the bias"
-        )
-    per_feature = contrib[:, :-1]  # the last column is the bias
-    order = np.argsort(-per_feature, axis=1, kind="stable")[:, :k]
-    values = np.take_along_axis(per_feature, order, axis=1)
-    return [
-        [(feature_names[j], v) for j, v in zip(idx, vals, strict=True)]
-        for idx, vals in zip(order.tolist(), values.tolist(), strict=True)
-    ]
-
-
-def alert_reasons(
-    booster: lgb.Booster,
-    X: np.ndarray,
-    alerts: np.ndarray,
-    feature_names: list[str],
-    k: int = schema.REASONS,
-    *,
-    threads: int = 0,
-) -> pl.Series:
-    """The results' reasons column: top_contributions for the alert rows, [] for every other.
-
-    X is the float32 matrix the ONNX export scored (so the booster explains exactly the inputs
-    scored) and alerts a boolean per row of X. Only the alert rows are explained. The column is
-    built from Arrow offsets rather than one Python list per row, so rows without alerts cost a
-    cumulative sum, not a per-row loop. Its dtype is ``schema.RESULTS["reasons"]``.
-    """
-    rows = np.flatnonzero(alerts)
-    explained = top_contributions(booster, X[rows], feature_names, k, threads=threads)
-    lengths = np.zeros(len(alerts), dtype=np.int64)
-    lengths[rows] = [len(r) for r in explained]
-    offsets = np.concatenate(([0], np.cumsum(lengths)))
-    pairs = [pair for r in explained for pair in r]
-    values = pa.StructArray.from_arrays(
-        [
-            pa.array([f for f, _ in pairs], type=pa.large_string()),
-            pa.array([c for _, c in pairs], type=pa.float64()),
-        ],
-        names=["feature", "contribution"],
-    )
-    column = pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), values)
-    return pl.Series("reasons", column).cast(schema.RESULTS["reasons"])
 
 
 def _binary(y: np.ndarray, s: np.ndarray) -> tuple[npt.NDArray[np.bool_], np.ndarray]:

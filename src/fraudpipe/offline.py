@@ -21,9 +21,9 @@ Three steps, each what a stage does to a stream, done to a whole file at once:
   the one refitted; the holdout plays no part in the choice. The model goes to a directory
   holding what a registry version holds, or into the registry (``models/``), promoted on
   request.
-- :func:`score_file` (``fraudpipe score``): :class:`model.OnnxScorer` as infer uses it, the
-  manifest's threshold (or ``infer.threshold``), and reason codes for the alerts from
-  :func:`model.alert_reasons` (infer's), written in ``schema.RESULTS`` columns.
+- :func:`score_file` (``fraudpipe score``): the scorer ``infer.scorer`` names, as infer uses
+  it, the manifest's threshold (or ``infer.threshold``), and reason codes for the alerts from
+  :func:`reasons.alert_reasons` (infer's), written in ``schema.RESULTS`` columns.
 
 Offline rows never entered the stream: ``created_at`` is null in the features written here
 and is passed through from the input when scoring (a feature-store file keeps it);
@@ -561,7 +561,8 @@ def score_file(
     """
     import lightgbm as lgb
 
-    from fraudpipe.model import ModelLoadError, OnnxScorer, alert_reasons
+    from fraudpipe.reasons import Forest, alert_reasons
+    from fraudpipe.scoring import ModelLoadError, open_scorer
 
     _parquet_target(output_path)
     resolved = _resolve_model(model, settings)
@@ -577,8 +578,10 @@ def score_file(
     threshold = float(threshold)
     threads = settings.infer.threads
     try:
-        scorer = OnnxScorer(resolved.onnx, threads=threads)
-        booster = lgb.Booster(model_file=str(resolved.booster))
+        scorer = open_scorer(
+            settings.infer.scorer, resolved.booster.parent, resolved.manifest, threads
+        )
+        forest = Forest.of(lgb.Booster(model_file=str(resolved.booster)), threads=threads)
     except (ModelLoadError, lgb.basic.LightGBMError) as exc:
         raise OfflineError(f"model {resolved.version}: {exc}") from exc
     df = _read_table(input_path, "input")
@@ -605,7 +608,7 @@ def score_file(
                     model_version=pl.lit(resolved.version, dtype=pl.String),
                     scored_at=pl.lit(scored_at, dtype=pl.Float64),
                     latency_ms=pl.lit(None, dtype=pl.Float64),  # offline: no stream latency
-                    reasons=alert_reasons(booster, X, alerts, names, threads=threads),
+                    reasons=alert_reasons(forest, X, alerts, names),
                 )
             )
             update(start + chunk.height, df.height)

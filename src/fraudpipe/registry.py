@@ -1,7 +1,9 @@
 """Model versions on the shared volume (DESIGN.md section 5).
 
     models/<version>/model.txt       LightGBM model
-    models/<version>/model.onnx      its ONNX export (what infer scores with)
+    models/<version>/model.onnx      its ONNX export (infer.scorer onnx)
+    models/<version>/model.<arch>.o  its forest compiled to native code (infer.scorer compiled,
+                                     the default; scoring.py), sha256 in the manifest
     models/<version>/manifest.json   features, training window, metrics, decision
     models/current -> <version>      relative symlink, replaced atomically
     models/promotions/<at>-<id>.json one file per promotion, rollback or forced promotion
@@ -26,11 +28,20 @@ import lightgbm as lgb
 import numpy as np
 
 from fraudpipe import durable
+from fraudpipe.config import ScorerKind
 from fraudpipe.logs import bounded
+from fraudpipe.scoring import (
+    MODEL_FILE,
+    ONNX_FILE,
+    OnnxScorer,
+    Scorer,
+    compile_forest,
+    compiled_name,
+    digest,
+    open_scorer,
+)
 
 VERSION_RE = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{6}$")
-MODEL_FILE = "model.txt"
-ONNX_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 CURRENT = "current"
 PROMOTIONS = "promotions"
@@ -81,22 +92,26 @@ class ModelRegistry:
     def save(self, booster: lgb.Booster, onnx_bytes: bytes, manifest: dict[str, Any]) -> str:
         """Store a new version atomically and return its name (not promoted).
 
-        The manifest gets "version" and, unless given, "created_at" (UTC, ISO 8601).
+        The manifest gets "version", "compiled" (the native object's file and sha256) and,
+        unless given, "created_at" (UTC, ISO 8601). Compiling takes seconds: it is done here,
+        by train, so that infer only loads it.
         """
         version = new_name()
+        model_text = booster.model_to_string()
+        compiled = compile_forest(model_text)
         content = {
             **manifest,
             "version": version,
             "created_at": manifest.get("created_at") or dt.datetime.now(dt.UTC).isoformat(),
+            "compiled": {compiled_name(): {"sha256": digest(compiled)}},
         }
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{version}.tmp"
         tmp.mkdir()
         try:
-            durable.write_bytes(
-                tmp / MODEL_FILE, booster.model_to_string().encode(), fsync=self.fsync
-            )
+            durable.write_bytes(tmp / MODEL_FILE, model_text.encode(), fsync=self.fsync)
             durable.write_bytes(tmp / ONNX_FILE, onnx_bytes, fsync=self.fsync)
+            durable.write_bytes(tmp / compiled_name(), compiled, fsync=self.fsync)
             durable.write_json(tmp / MANIFEST_FILE, content, fsync=self.fsync)
             os.rename(tmp, self.root / version)
         except BaseException:
@@ -130,13 +145,16 @@ class ModelRegistry:
     def load_booster(self, version: str) -> lgb.Booster:
         return lgb.Booster(model_file=str(self._dir(version) / MODEL_FILE))
 
+    def scorer(self, version: str, kind: ScorerKind, threads: int = 1) -> Scorer:
+        """The version's scorer of that kind (scoring.open_scorer)."""
+        return open_scorer(kind, self._dir(version), self.manifest(version), threads)
+
     def verify(self, version: str) -> dict[str, Any]:
         """The version's manifest, once it is shown able to score: its manifest names the
-        features, model.txt and model.onnx load and agree on their number, and the ONNX
-        export scores a row. UnknownVersionError or UnusableVersionError (naming the file)
-        otherwise. What infer loads, checked before anything points models/current at it."""
-        from fraudpipe.model import OnnxScorer  # onnxruntime: only where a model is checked
-
+        features, model.txt, model.onnx and the compiled object of this architecture (when
+        kept) load, agree on their number, and score a row as the booster does.
+        UnknownVersionError or UnusableVersionError (naming the file) otherwise. What infer
+        loads, checked before anything points models/current at it."""
         where = self._dir(version)
         try:
             manifest = self.manifest(version)
@@ -147,13 +165,19 @@ class ModelRegistry:
             if not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
                 raise ValueError(f"{MANIFEST_FILE} has no threshold in [0, 1]")
             booster = self.load_booster(version)
-            scorer = OnnxScorer(where / ONNX_FILE)
-            if not booster.num_feature() == scorer.n_features == len(names):
-                raise ValueError(
-                    f"{MODEL_FILE} has {booster.num_feature()} features, {ONNX_FILE} "
-                    f"{scorer.n_features}, {MANIFEST_FILE} {len(names)}"
-                )
-            scorer.score(np.zeros((1, len(names)), np.float32))
+            forms: dict[str, Scorer] = {ONNX_FILE: OnnxScorer(where / ONNX_FILE)}
+            if (where / compiled_name()).exists():
+                forms[compiled_name()] = self.scorer(version, "compiled")
+            row = np.zeros((1, len(names)), np.float32)
+            expected = booster.predict(row.astype(np.float64))
+            for name, scorer in forms.items():
+                if not booster.num_feature() == scorer.n_features == len(names):
+                    raise ValueError(
+                        f"{MODEL_FILE} has {booster.num_feature()} features, {name} "
+                        f"{scorer.n_features}, {MANIFEST_FILE} {len(names)}"
+                    )
+                if not np.allclose(scorer.score(row), expected, atol=1e-3):
+                    raise ValueError(f"{name} does not score as {MODEL_FILE} does")
         except Exception as exc:  # JSON, LightGBM and onnxruntime raise their own kinds
             raise UnusableVersionError(
                 f"model version {version} cannot score: {bounded(exc, 500)}"

@@ -29,8 +29,8 @@ LABELS: dict[str, pl.DataType] = {
     "label_ts": TS,
 }
 
-# An alert's reason codes: the REASONS features contributing most towards fraud (SHAP values of
-# the LightGBM booster, in log-odds), largest first; model.top_contributions computes them.
+# An alert's reason codes: the REASONS features contributing most towards fraud (path
+# attributions of the LightGBM booster, in log-odds), largest first; reasons.py computes them.
 REASONS = 3
 REASON = pl.Struct({"feature": pl.String(), "contribution": pl.Float64()})
 

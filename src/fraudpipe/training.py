@@ -33,8 +33,6 @@ from fraudpipe.config import TrainSettings
 from fraudpipe.eventlog import EventLog, day_partitions
 from fraudpipe.layout import Layout
 from fraudpipe.model import (
-    ModelLoadError,
-    OnnxScorer,
     TrainingStopped,
     Trial,
     booster_params,
@@ -43,6 +41,7 @@ from fraudpipe.model import (
     train_with_validation,
 )
 from fraudpipe.registry import ModelRegistry, RegistryError
+from fraudpipe.scoring import ModelLoadError, OnnxScorer
 
 if TYPE_CHECKING:
     import lightgbm as lgb

@@ -53,7 +53,7 @@ class Notice(_Model):
 
 class Reason(_Model):
     feature: str
-    contribution: float = Field(description="SHAP contribution to the log-odds of fraud.")
+    contribution: float = Field(description="Path attribution to the log-odds of fraud.")
 
 
 class Alert(_Model):

@@ -2,16 +2,16 @@
 
 Before the first model exists infer claims nothing: features stay queued, no score is invented.
 Between batches it checks models/current and loads a newly promoted model, so a promotion never
-drops or splits a batch; each result row names the model version that scored it. A version it
+drops or splits a batch; each result row names the model version that scored it. It scores with
+the scorer ``infer.scorer`` names (scoring.py: by default the forest compiled when train saved
+the version). A version it
 cannot load (missing, cut short: ``ModelRegistry.verify``) is refused and named in its log and
 status, and infer goes on with the last good model (or waits, if it has none); it tries the
 same version again only after RETRY_REFUSED_S, or once models/current moves.
 
 Every alert carries reason codes (``reasons``): the schema.REASONS features contributing most
-towards fraud, SHAP values of the version's LightGBM booster (model.alert_reasons). They are
-computed for the alert rows only (well under 1% of rows), never for the rest, which get []:
-at about 1 ms per alert (200 trees x 31 leaves) they are still the dearest part of a batch with
-many alerts.
+towards fraud, path attributions of the version's LightGBM booster (reasons.py), computed for
+the alert rows only; the rest get [].
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import time
 from collections import deque
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
 
 from fraudpipe import schema
 from fraudpipe.layout import FEATURES, RESULTS
-from fraudpipe.model import OnnxScorer, alert_reasons
 from fraudpipe.queue import Claim
+from fraudpipe.reasons import Forest, alert_reasons
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.results import ResultsStore
+from fraudpipe.scoring import CompiledScorer, Scorer
 from fraudpipe.worker import BatchStage, Context
 
 _PASS_THROUGH = ["transaction_id", "ts", "customer_id", "terminal_id", "amount", "created_at"]
@@ -46,8 +46,8 @@ class Infer(BatchStage):
         self.registry = ModelRegistry(ctx.layout.models)
         self.results = ResultsStore(ctx.layout.results)
         self.version: str | None = None
-        self.scorer: OnnxScorer | None = None
-        self.booster: lgb.Booster | None = None
+        self.scorer: Scorer | None = None
+        self.forest: Forest | None = None
         self.feature_names: list[str] = []
         self.threshold = 0.5
         self.input_schema = dict(schema.TRANSACTIONS)
@@ -77,11 +77,15 @@ class Infer(BatchStage):
     def _load(self, version: str) -> None:
         manifest = self.registry.verify(version)
         # Both loaded before either is swapped in: a failed load leaves the old model whole.
-        scorer = OnnxScorer(
-            self.registry.onnx_path(version), threads=self.ctx.settings.infer.threads
-        )
-        booster = self.registry.load_booster(version)
-        self.scorer, self.booster = scorer, booster
+        cfg = self.ctx.settings.infer
+        scorer = self.registry.scorer(version, cfg.scorer, threads=cfg.threads)
+        if isinstance(scorer, CompiledScorer) and scorer.compiled_here_s is not None:
+            self.ctx.log.warning(
+                "model.compiled", version=version, seconds=round(scorer.compiled_here_s, 1),
+                why="the version keeps no compiled object for this architecture",
+            )  # fmt: skip
+        forest = Forest.of(self.registry.load_booster(version), threads=cfg.threads)
+        self.scorer, self.forest = scorer, forest
         self.feature_names = list(manifest["feature_names"])
         configured = self.ctx.settings.infer.threshold
         self.threshold = float(configured if configured is not None else manifest["threshold"])
@@ -94,10 +98,12 @@ class Infer(BatchStage):
         self.version = version
         self.ctx.metrics.model_info.labels(version).set(1)
         self.refused = None
-        self.ctx.log.info("model.loaded", version=version, threshold=round(self.threshold, 4))
+        self.ctx.log.info(
+            "model.loaded", version=version, scorer=cfg.scorer, threshold=round(self.threshold, 4)
+        )
 
     def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
-        assert self.scorer is not None and self.booster is not None and self.version is not None
+        assert self.scorer is not None and self.forest is not None and self.version is not None
         X = df.select(self.feature_names).to_numpy().astype(np.float32)
         scores = self.scorer.score(X)
         scored_at = time.time()
@@ -111,14 +117,8 @@ class Infer(BatchStage):
                 model_version=pl.lit(self.version),
                 scored_at=pl.lit(scored_at),
                 latency_ms=pl.Series(latency_ms),
-                # X is what ONNX scored: the booster explains exactly the inputs scored.
-                reasons=alert_reasons(
-                    self.booster,
-                    X,
-                    alerts,
-                    self.feature_names,
-                    threads=self.ctx.settings.infer.threads,
-                ),
+                # X is what was scored: the forest explains exactly the inputs scored.
+                reasons=alert_reasons(self.forest, X, alerts, self.feature_names),
             )
             .select(list(schema.RESULTS))
         )

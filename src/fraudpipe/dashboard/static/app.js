@@ -578,7 +578,7 @@ function reasonChip(r) {
     cls: "reason",
     text,
     attrs: { "data-sign": sign },
-    title: `SHAP contribution to the log-odds of fraud: ${fmtSigned(r.contribution, 4)}`,
+    title: `Contribution to the log-odds of fraud: ${fmtSigned(r.contribution, 4)}`,
   });
 }
 
