@@ -47,6 +47,10 @@ test: install lint ## lint, then every test (unit, property, multi-process, whol
 test-fast: install ## skip the whole-pipeline tests
 	$(BIN)/pytest -m "not slow"
 
+BENCH_ARGS ?=
+bench: install ## every stage's hot path beside its baseline (fraudpipe bench; docs/performance.md)
+	$(BIN)/fraudpipe bench $(BENCH_ARGS)
+
 SOAK_S ?= 60
 MOUNTS ?= 1
 soak: install ## the fault soak and its audit (tests/soak.py): make soak SOAK_S=1800 MOUNTS=2; needs root

@@ -166,6 +166,57 @@ def run(
 
 
 @app.command()
+def bench(
+    stage: Annotated[
+        list[str] | None,
+        typer.Option(help="gather, preprocess, infer, train, queue or all; repeatable."),
+    ] = None,
+    rows: Annotated[
+        int, typer.Option(min=10_000, help="About how many transactions to simulate.")
+    ] = 500_000,
+    runs: Annotated[int, typer.Option(min=1, help="Runs per figure (the median is shown).")] = 3,
+    device: Annotated[str, typer.Option(help="cpu or gpu.")] = "cpu",
+    threads: Annotated[int, typer.Option(min=1, help="Threads for scoring and training.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Measure each stage's hot path beside a baseline run in the same process (bench.py)."""
+    from fraudpipe import bench as benchmark
+    from fraudpipe.devices import DeviceUnavailable
+
+    asked = stage or ["all"]
+    unknown = [s for s in asked if s not in (*benchmark.STAGES, "all")]
+    if unknown:
+        fail(f"--stage must be one of {', '.join(benchmark.STAGES)}, all; got {unknown}")
+    stages = list(benchmark.STAGES) if "all" in asked else list(dict.fromkeys(asked))
+    try:
+        doc = benchmark.run(stages, rows, runs, device, threads)
+    except DeviceUnavailable as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    table = Table(title=f"fraudpipe bench ({doc['machine']['cpus']} CPUs, median of {runs})")
+    for column in ("stage", "rows/s", "CPU s / M rows", "batch p50 / p99 ms", "peak RSS MB"):
+        table.add_column(column)
+    table.add_column("baseline rows/s")
+    table.add_column("x baseline")
+    for name, figures in doc["stages"].items():
+        ours, base = figures["fraudpipe"], figures.get("baseline", {})
+        latency = ours.get("batch_latency_ms")
+        table.add_row(
+            name,
+            f"{ours['rows_per_s']:,.0f}",
+            f"{ours['cpu_s_per_million_rows']:.3f}",
+            f"{latency['p50']:.1f} / {latency['p99']:.1f}" if latency else "-",
+            f"{ours['peak_rss_mb']:.0f}",
+            f"{base['rows_per_s']:,.0f}" if base.get("rows_per_s") else "-",
+            f"{figures['ratio_to_baseline']}" if figures.get("ratio_to_baseline") else "-",
+        )
+    console.print(table)
+    console.print("Baselines and every other figure: fraudpipe bench --json")
+
+
+@app.command()
 def check(
     data_dir: DataDir = None,
     config: ConfigFile = None,
