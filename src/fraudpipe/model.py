@@ -19,6 +19,7 @@ import onnxmltools
 from onnxmltools.convert.common.data_types import FloatTensorType
 
 from fraudpipe.config import TrainSettings
+from fraudpipe.devices import CPU, Device
 
 SEED = 42
 ONNX_OPSET = 15
@@ -98,9 +99,10 @@ def train_booster(
     valid: tuple[np.ndarray, np.ndarray] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    device: Device = CPU,
 ) -> lgb.Booster:
     """Train a binary LightGBM booster on X (rows x features) and y (0/1), with
-    booster_params(cfg, tuned).
+    booster_params(cfg, tuned), on the device's LightGBM backend.
 
     With valid=(X, y), training stops early once the validation average precision has not
     improved for max(10, num_boost_round // 10) rounds, and the booster keeps its best
@@ -112,7 +114,7 @@ def train_booster(
             f"X is {X.shape}, y has {len(y)} rows, feature_names has {len(feature_names)}: "
             "expected X of shape (len(y), len(feature_names))"
         )
-    params = booster_params(cfg, tuned)
+    params = {**booster_params(cfg, tuned), **device.lightgbm_params()}
     train_set = lgb.Dataset(X, label=y, feature_name=feature_names, params={"verbose": -1})
 
     def _tick(env: Any) -> None:
@@ -188,6 +190,7 @@ def train_with_validation(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_trial: Callable[[list[Trial], int], None] | None = None,
+    device: Device = CPU,
 ) -> tuple[lgb.Booster, dict[str, Any]]:
     """Early stopping on a time-ordered split, then a refit on every row; optionally a search.
 
@@ -213,7 +216,7 @@ def train_with_validation(
         if tune_trials is not None:
             raise CannotTune(f"tuning needs a time-ordered validation split: {split}")
         booster = train_booster(
-            X, y, cfg, feature_names, should_stop=should_stop, progress=progress
+            X, y, cfg, feature_names, should_stop=should_stop, progress=progress, device=device
         )
         return booster, {"rounds": cfg.num_boost_round, "best_iteration": None}
     is_valid = split
@@ -237,6 +240,7 @@ def train_with_validation(
             valid=(X[is_valid], valid_y),
             should_stop=should_stop,
             progress=counted,
+            device=device,
         )
         best = max(1, first.best_iteration or ran[1])
         ap = float(first.best_score["valid_0"]["average_precision"])
@@ -254,6 +258,7 @@ def train_with_validation(
         tuned=chosen.params,
         should_stop=should_stop,
         progress=counted,
+        device=device,
     )
     info: dict[str, Any] = {
         "rounds": rounds,

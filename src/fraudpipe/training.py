@@ -30,6 +30,7 @@ import polars as pl
 import fraudpipe
 from fraudpipe import schema
 from fraudpipe.config import TrainSettings
+from fraudpipe.devices import CPU, Device
 from fraudpipe.eventlog import EventLog, day_partitions
 from fraudpipe.layout import Layout
 from fraudpipe.model import (
@@ -288,6 +289,7 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_trial: Callable[[list[Trial], int], None] | None = None,
+    device: Device = CPU,
 ) -> Fitted:
     """Train on split.train (model.train_with_validation: early stopping on its last
     ``valid_days``, then a refit), export ONNX and score the holdout with it.
@@ -308,6 +310,7 @@ def fit(
         should_stop=should_stop,
         progress=progress,
         on_trial=on_trial,
+        device=device,
     )
     train_seconds = time.perf_counter() - started
     X_holdout = _matrix(split.holdout, feature_names)
@@ -431,6 +434,7 @@ def run_training(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     now: dt.datetime | None = None,
+    device: Device = CPU,
 ) -> TrainOutcome:
     """Train a challenger on the newest labeled data, save it, promote it if it wins.
 
@@ -452,7 +456,9 @@ def run_training(
     if stopping():
         return TrainOutcome("stopped", "stop requested before training")
     try:
-        fitted = fit(split, cfg, feature_names, should_stop=should_stop, progress=progress)
+        fitted = fit(
+            split, cfg, feature_names, should_stop=should_stop, progress=progress, device=device
+        )
     except TrainingStopped as exc:
         return TrainOutcome("stopped", str(exc))
     registry = ModelRegistry(layout.models)

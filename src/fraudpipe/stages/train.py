@@ -132,6 +132,7 @@ class Train(BatchStage):
             self.features,
             should_stop=ctx.stop.is_set,
             progress=progress,
+            device=ctx.device,
         )
         seconds = round(time.monotonic() - started, 2)
         ctx.metrics.trainings.labels(outcome.status).inc()
