@@ -367,8 +367,12 @@ class Chaos:
             for p in (self.truth / "queue" / t / "claimed").glob("*~*~*")
         }
 
-    def step(self) -> None:
-        """One fault now and then, and the end of those whose time is up."""
+    def holding(self) -> bool:
+        """Whether a fault that lasts until it bites (a full volume, a corrupt model) is on."""
+        return self.filler is not None or self.corrupt is not None
+
+    def tend(self) -> float:
+        """The end of the faults whose time is up; the time it looked."""
         now = time.monotonic()
         for pid, until in list(self.paused.items()):
             if now >= until:
@@ -384,6 +388,11 @@ class Chaos:
                 _top_up(path)  # what retention freed meanwhile is taken again
         if self.corrupt is not None and self.corrupt[2].over(now, self.bit):
             self._heal_model()
+        return now
+
+    def step(self) -> None:
+        """One fault now and then, and the end of those whose time is up."""
+        now = self.tend()
         elapsed = now - self.started
         if not self.poison and elapsed > 5:
             self._inject_poison()
@@ -627,6 +636,12 @@ def run_soak(plan: Plan) -> dict[str, Any]:
                 time.sleep(chaos.rng.uniform(0.3, 1.2))
                 if chaos._due("disk sample", 5):
                     peak = max(peak, disk_usage(truth))
+            # A fault struck late in the run is left its time to bite (it ends by its bound):
+            # cut short, a corrupt model no mount has seen yet would be refused by nobody.
+            while chaos.holding() and not fleet.done():
+                chaos.tend()
+                fleet.supervise()
+                time.sleep(0.5)
             chaos.heal()
             deadline = time.monotonic() + plan.drain_s
             while not fleet.done() and time.monotonic() < deadline:
