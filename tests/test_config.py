@@ -108,6 +108,9 @@ def test_cli_rejects_unknown_stage_and_missing_config(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--stage must be one of" in proc.stderr
     proc = fraudpipe("config", "--config", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2 and "no such file" in proc.stderr
+    # a stage with no worker: only train may be (train=0, a frozen model; bench e2e runs so)
+    proc = fraudpipe("run", "--data-dir", str(tmp_path), "--replicas", "infer=0")
+    assert proc.returncode == 2 and "train=0 allowed" in proc.stderr
 
 
 def test_gpu_without_gpu_stack_exits_2_saying_what_is_missing(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ batches, and the process's peak RSS after it (a high-water mark: it only grows).
 - train: a fit of the default forest as train makes it, then its ONNX export and compilation
   (baseline: lightgbm.train alone, same parameters);
 - queue: publish, claim, read, ack of batch files (baseline: write, fsync, rename, read,
-  rename of the same bytes by hand).
+  rename of the same bytes by hand);
+- e2e: ``fraudpipe run`` at offered rates (bench_e2e.py; baseline: the rate the other stages'
+  CPU cost per row allows on this machine's cores, when they were measured in the same run).
 
 Progress goes to stderr; :func:`run` returns one JSON-able document (``SCHEMA_VERSION``).
 """
@@ -42,10 +44,11 @@ import numpy as np
 import polars as pl
 
 SCHEMA_VERSION = 1
-STAGES = ("gather", "preprocess", "infer", "train", "queue")
+STAGES = ("gather", "preprocess", "infer", "train", "queue", "e2e")
 BATCH_ROWS = 50_000
 DAYS = 45  # the features' lookback (37 days) and a week of batches after it
 TRAIN_ROWS = 200_000  # train's figure: at most this many rows (a fit is the dearest figure)
+PANDAS_ROWS = 200_000  # the pandas baseline runs at ~3k rows/s: a run of it is the dearest
 
 
 @dataclass
@@ -221,19 +224,23 @@ def bench_preprocess(data: Data, runs: int, device: str, pandas_rows: int) -> di
         doc["baseline"] = {"what": "pandas is not installed: pip install 'fraudpipe[bench]'"}
         doc["ratio_to_baseline"] = None
         return doc
-    sample = data.tx.head(pandas_rows).join(
-        data.labels.select("transaction_id", "is_fraud"), on="transaction_id", how="left"
+    # A smaller world of the same density (rows per customer and terminal): pandas' cost is
+    # per group as much as per row, so the first rows of the big world would cost it as much.
+    small = data if pandas_rows >= data.tx.height else make_data(pandas_rows)
+    sample = small.tx.join(
+        small.labels.select("transaction_id", "is_fraud"), on="transaction_id", how="left"
     )
     handbook = _settings({"features": {"extended": False}}).features
     ours_same = measure(
         sample.height,
         runs,
-        lambda done: _offline(sample.drop("is_fraud"), data.labels, handbook, xp),
+        lambda done: _offline(sample.drop("is_fraud"), small.labels, handbook, xp),
     )
     base = measure(sample.height, 1, lambda done: handbook_pandas(sample))
     doc["fraudpipe_on_baseline_rows"] = ours_same
     doc["baseline"] = {
-        "what": "the handbook's 15 features in pandas (groupby + rolling), one run",
+        "what": "the handbook's 15 features in pandas (groupby + rolling), one run, over "
+        "a smaller world of the same density",
         **base,
     }
     doc["ratio_to_baseline"] = _beside(ours_same, base)
@@ -492,22 +499,42 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(stages: list[str], rows: int, runs: int, device: str, threads: int) -> dict[str, Any]:
+def run(
+    stages: list[str],
+    rows: int,
+    runs: int,
+    device: str,
+    threads: int,
+    e2e_seconds: float = 12.0,
+    e2e_search: int | None = None,
+) -> dict[str, Any]:
     """Every figure of the stages asked for, as one document."""
-    from fraudpipe.devices import require_device
+    from fraudpipe import bench_e2e
+    from fraudpipe.devices import DeviceUnavailable, require_device
 
     for stage in stages:
         if stage in ("preprocess", "infer", "train"):
             require_device(stage, device)  # DeviceUnavailable, with what is missing
+        if stage == "e2e" and device != "cpu":
+            raise DeviceUnavailable(
+                f"--stage e2e measures fraudpipe run, whose workers run on the CPU; "
+                f"--device={device} applies to preprocess, infer and train"
+            )
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "at": dt.datetime.now(dt.UTC).isoformat(),
         "machine": machine(),
-        "settings": {"rows": rows, "runs": runs, "device": device, "threads": threads},
+        "settings": {
+            "rows": rows,
+            "runs": runs,
+            "device": device,
+            "threads": threads,
+            "e2e_seconds": e2e_seconds,
+        },
         "stages": {},
     }
     data: Data | None = None
-    if set(stages) - {"gather"}:
+    if set(stages) - {"gather", "e2e"}:
         with _step(f"simulating about {rows} transactions"):
             data = make_data(rows)
     for stage in stages:
@@ -516,7 +543,7 @@ def run(stages: list[str], rows: int, runs: int, device: str, threads: int) -> d
                 doc["stages"][stage] = bench_gather(rows, runs)
             elif stage == "preprocess":
                 assert data is not None
-                doc["stages"][stage] = bench_preprocess(data, runs, device, min(rows, 200_000))
+                doc["stages"][stage] = bench_preprocess(data, runs, device, min(rows, PANDAS_ROWS))
             elif stage == "infer":
                 assert data is not None
                 doc["stages"][stage] = bench_infer(data, runs, threads)
@@ -526,4 +553,12 @@ def run(stages: list[str], rows: int, runs: int, device: str, threads: int) -> d
             elif stage == "queue":
                 assert data is not None
                 doc["stages"][stage] = bench_queue(data, runs)
+            elif stage == "e2e":
+                steps = bench_e2e.SEARCH_STEPS if e2e_search is None else e2e_search
+                doc["stages"][stage] = bench_e2e.bench_e2e(e2e_seconds, steps)
+    if "e2e" in doc["stages"]:
+        e2e = doc["stages"]["e2e"]
+        e2e["baseline"] = bench_e2e.ceiling(doc["stages"], doc["machine"]["cpus"] or 1)
+        ours, base = e2e["fraudpipe"], e2e["baseline"]
+        e2e["ratio_to_baseline"] = _beside(ours, base) if ours and base else None
     return doc

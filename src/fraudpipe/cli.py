@@ -110,10 +110,12 @@ def _parse_replicas(values: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in values:
         name, sep, count = item.partition("=")
-        if not sep or name not in STAGES or not count.isdigit() or int(count) < 1:
+        # train=0 scores on with the registry's current model and trains none (a frozen model)
+        least = 0 if name == "train" else 1
+        if not sep or name not in STAGES or not count.isdigit() or int(count) < least:
             fail(
-                f"--replicas expects STAGE=N with STAGE in {', '.join(STAGES)} and N >= 1; "
-                f"got {item!r}"
+                f"--replicas expects STAGE=N with STAGE in {', '.join(STAGES)} and N >= 1 "
+                f"(train=0 allowed: no retraining); got {item!r}"
             )
         out[name] = int(count)
     return out
@@ -132,7 +134,10 @@ def run(
     ] = None,
     replicas: Annotated[
         list[str] | None,
-        typer.Option(help="STAGE=N, repeatable: e.g. --replicas preprocess=2 --replicas infer=2"),
+        typer.Option(
+            help="STAGE=N, repeatable: e.g. --replicas preprocess=2 --replicas infer=2 "
+            "(train=0: score with the current model, train none)"
+        ),
     ] = None,
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for queues to drain.")
@@ -178,9 +183,18 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu or gpu.")] = "cpu",
     threads: Annotated[int, typer.Option(min=1, help="Threads for scoring and training.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write e2e throughput and latency against offered rate (PNG)."),
+    ] = None,
+    e2e_seconds: Annotated[
+        float, typer.Option(min=2.0, help="Seconds measured in each e2e phase.")
+    ] = 12.0,
 ) -> None:
-    """Measure each stage's hot path beside a baseline run in the same process (bench.py)."""
+    """Measure each stage's hot path beside a baseline run in the same process (bench.py),
+    and the whole pipeline under load (bench_e2e.py)."""
     from fraudpipe import bench as benchmark
+    from fraudpipe import bench_e2e
     from fraudpipe.devices import DeviceUnavailable
 
     asked = stage or ["all"]
@@ -188,10 +202,16 @@ def bench(
     if unknown:
         fail(f"--stage must be one of {', '.join(benchmark.STAGES)}, all; got {unknown}")
     stages = list(benchmark.STAGES) if "all" in asked else list(dict.fromkeys(asked))
+    if plot is not None and "e2e" not in stages:
+        fail("--plot draws the e2e phases: add --stage e2e (or all)")
     try:
-        doc = benchmark.run(stages, rows, runs, device, threads)
+        doc = benchmark.run(stages, rows, runs, device, threads, e2e_seconds=e2e_seconds)
+        if plot is not None:
+            bench_e2e.plot(doc, plot)
     except DeviceUnavailable as exc:
         fail(str(exc))
+    except bench_e2e.BenchError as exc:
+        fail(str(exc), 1)
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return
@@ -201,7 +221,10 @@ def bench(
     table.add_column("baseline rows/s")
     table.add_column("x baseline")
     for name, figures in doc["stages"].items():
-        ours, base = figures["fraudpipe"], figures.get("baseline", {})
+        ours, base = figures["fraudpipe"], figures.get("baseline") or {}
+        if ours is None:  # e2e with no flat phase
+            table.add_row(name, "not flat at any rate tried", *["-"] * 5)
+            continue
         latency = ours.get("batch_latency_ms")
         table.add_row(
             name,
@@ -213,6 +236,18 @@ def bench(
             f"{figures['ratio_to_baseline']}" if figures.get("ratio_to_baseline") else "-",
         )
     console.print(table)
+    if "e2e" in doc["stages"]:
+        e2e = doc["stages"]["e2e"]
+        at = ", ".join(
+            f"at {int(r):,} tx/s p50/p99 {ms['p50']:.0f}/{ms['p99']:.0f} ms"
+            + ("" if a["flat"] else " (not flat)")
+            for r, a in e2e["latency_at"].items()
+            if (ms := a["latency_ms"])
+        )
+        flat = e2e["highest_flat_rate"]
+        console.print(
+            f"e2e: highest flat rate tried {flat:,.0f} tx/s; {at}" if flat else f"e2e: {at}"
+        )
     console.print("Baselines and every other figure: fraudpipe bench --json")
 
 
