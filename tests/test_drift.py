@@ -22,6 +22,7 @@ from fraudpipe.eventlog import EventLog
 from fraudpipe.features import feature_names
 from fraudpipe.layout import Layout
 from fraudpipe.registry import ModelRegistry
+from fraudpipe.stages import stage_class
 from fraudpipe.stages.train import Train
 from fraudpipe.worker import Mode, Worker
 from tests.pipeline import log_arrived_labels
@@ -153,7 +154,7 @@ def train_stage(root: Path, **train: Any) -> tuple[Worker, Train]:
             **train,
         },
     )
-    worker = Worker(settings, "train", "cpu", Mode.FOREVER)
+    worker = Worker(settings, stage_class("train"), "cpu", Mode.FOREVER)
     assert isinstance(worker.stage, Train)
     return worker, worker.stage
 

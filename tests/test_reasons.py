@@ -18,6 +18,7 @@ from fraudpipe.layout import FEATURES, RESULTS, Layout
 from fraudpipe.model import export_onnx, train_booster
 from fraudpipe.reasons import Forest, top_contributions
 from fraudpipe.registry import ModelRegistry
+from fraudpipe.stages import stage_class
 from fraudpipe.stages.infer import Infer
 from fraudpipe.worker import Mode, Worker
 from tests.pipeline import assert_exactly_once, run_stage, small_config
@@ -155,7 +156,7 @@ def test_fewer_positive_than_k_still_gives_k(booster: lgb.Booster) -> None:
 def infer_stage(data: Path, threshold: float | None = None) -> Infer:
     """The real infer stage, built as a worker builds it (in this process, not run)."""
     settings = load_settings(None, {"data_dir": data, "infer": {"threshold": threshold}})
-    stage = Worker(settings, "infer", "cpu", Mode.BURST).stage
+    stage = Worker(settings, stage_class("infer"), "cpu", Mode.BURST).stage
     assert isinstance(stage, Infer)
     return stage
 

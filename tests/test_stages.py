@@ -14,6 +14,7 @@ from fraudpipe.config import load_settings
 from fraudpipe.layout import FEATURES, RAW, RESULTS
 from fraudpipe.registry import ModelRegistry, new_name
 from fraudpipe.replay import ReplaySource
+from fraudpipe.stages import stage_class
 from fraudpipe.worker import BatchStage, Mode, Worker
 from tests.conftest import fraudpipe
 from tests.pipeline import assert_exactly_once, queue_states, run_stage, small_config
@@ -151,7 +152,7 @@ def test_preprocess_passes_the_features_bound_only_until_the_first_model(tmp_pat
     assert len(pending(data, FEATURES)) == len(raw) > 2
 
     settings = load_settings(cfg, {"data_dir": data, "queue": {"max_backlog": 2}})
-    preprocess = Worker(settings, "preprocess", "cpu", Mode.ONCE).stage
+    preprocess = Worker(settings, stage_class("preprocess"), "cpu", Mode.ONCE).stage
     assert isinstance(preprocess, BatchStage) and not preprocess.over_backlog()
     run_stage("train", "--once", data, cfg)
     assert (data / "models" / "current").exists()
@@ -191,7 +192,7 @@ def test_gather_builds_only_the_days_that_have_rows(
             "metrics": {"port": 0},
         },
     )
-    Worker(settings, "gather", "cpu", Mode.BURST).run()
+    Worker(settings, stage_class("gather"), "cpu", Mode.BURST).run()
     sent = pl.concat(pl.read_parquet(p) for p in pending(tmp_path / "data", RAW))
     assert sent["amount"].to_list() == [10.0, 20.0, 30.0]
     assert set(built) == {0, 3653}, sorted(set(built))
@@ -231,7 +232,7 @@ def test_infer_keeps_its_last_good_model_when_current_goes_bad(tmp_path: Path) -
 
     _point_current(registry, good)
     settings = load_settings(cfg, {"data_dir": data, "metrics": {"port": 0}})
-    infer = Worker(settings, "infer", "cpu", Mode.ONCE).stage
+    infer = Worker(settings, stage_class("infer"), "cpu", Mode.ONCE).stage
     assert infer.ready() and infer.version == good  # type: ignore[attr-defined]
     for bad, why in ((truncated, "cannot score"), ("20991231T000000.000000Z-abcdef", "unknown")):
         _point_current(registry, bad)
@@ -244,3 +245,19 @@ def test_infer_keeps_its_last_good_model_when_current_goes_bad(tmp_path: Path) -
     assert scored["model_version"].unique().to_list() == [good]
     registry.promote(good, "back")  # current is good again: nothing refused any more
     assert infer.ready() and infer.refused is None  # type: ignore[attr-defined]
+
+
+def test_gather_counts_the_labels_it_logs_and_publishes_no_label_topic(tmp_path: Path) -> None:
+    """Labels travel only in the event log (train reads them there); gather counts each as it
+    logs it (fraudpipe_labels_total), checked against the log's own label files."""
+    cfg = small_config(tmp_path, days=12)
+    settings = load_settings(cfg, {"data_dir": tmp_path / "data", "metrics": {"port": 0}})
+    gather = Worker(settings, stage_class("gather"), "cpu", Mode.BURST)
+    gather.run()
+    logged = pl.concat(pl.read_parquet(p) for p in (tmp_path / "data").glob("state/log/labels/*/*"))
+    frauds = int(logged["is_fraud"].sum())
+    assert 0 < frauds < logged.height
+    sample = gather.metrics.registry.get_sample_value
+    assert sample("fraudpipe_labels_total", {"is_fraud": "1"}) == frauds
+    assert sample("fraudpipe_labels_total", {"is_fraud": "0"}) == logged.height - frauds
+    assert not (tmp_path / "data" / "queue" / "labels").exists()

@@ -52,7 +52,7 @@ def fresh_scored_batch(layout: Layout, since: float) -> tuple[Path, pl.DataFrame
     return None
 
 
-CONSUMER = {"raw-transactions": "preprocess", "features-ready": "infer", "labels": "train"}
+CONSUMER = {"raw-transactions": "preprocess", "features-ready": "infer"}
 
 
 def diagnose(layout: Layout, settings: Settings) -> list[str]:

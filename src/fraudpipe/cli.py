@@ -77,7 +77,7 @@ def worker(
     """Run one stage in this process: what a pod runs, and how to debug one stage."""
     from fraudpipe.devices import DeviceUnavailable
     from fraudpipe.logs import setup
-    from fraudpipe.stages import StageError
+    from fraudpipe.stages import StageError, stage_class
     from fraudpipe.worker import Mode, Worker
 
     if stage not in (*STAGES, "dashboard"):
@@ -96,7 +96,7 @@ def worker(
         raise typer.Exit(run_dashboard(settings))
     mode = Mode.ONCE if once else Mode.BURST if burst else Mode.FOREVER
     try:
-        w = Worker(settings, stage, device, mode, supervisor_pid=supervisor_pid)
+        w = Worker(settings, stage_class(stage), device, mode, supervisor_pid=supervisor_pid)
     except (DeviceUnavailable, StageError) as exc:
         fail(str(exc))
     code = w.run()

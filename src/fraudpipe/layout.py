@@ -7,10 +7,9 @@ from pathlib import Path
 
 # Topic names follow the deployment fraudpipe replaces, so operators find what they know.
 RAW = "raw-transactions"
-LABELS = "labels"
 FEATURES = "features-ready"
 RESULTS = "inference-results"
-TOPICS = (RAW, LABELS, FEATURES, RESULTS)
+TOPICS = (RAW, FEATURES, RESULTS)
 
 
 @dataclass(frozen=True)

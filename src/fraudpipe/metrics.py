@@ -104,7 +104,10 @@ class Metrics:
             "fraudpipe_trainings", "Training runs, by outcome.", ["outcome"], registry=r
         )
         self.labels = Counter(
-            "fraudpipe_labels", "Fraud labels received, by value.", ["is_fraud"], registry=r
+            "fraudpipe_labels",
+            "Fraud labels arrived (logged by gather), by value.",
+            ["is_fraud"],
+            registry=r,
         )
         self.backpressure_seconds = Counter(
             "fraudpipe_backpressure_seconds",

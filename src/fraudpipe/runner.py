@@ -30,7 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fraudpipe.config import STAGES, Settings
-from fraudpipe.layout import FEATURES, LABELS, RAW, RESULTS, TOPICS, Layout
+from fraudpipe.layout import FEATURES, RAW, RESULTS, TOPICS, Layout
 from fraudpipe.queue import Queue
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.results import ResultsStore
@@ -201,7 +201,7 @@ class Supervisor:
         gathers = [w for w in self.workers() if w["stage"] == "gather"]
         if not gathers or not all(w.get("finished") for w in gathers):
             return False
-        return self._empty(RAW, LABELS, FEATURES)
+        return self._empty(RAW, FEATURES)
 
     def snapshot(self) -> dict[str, Any]:
         workers = self.workers()

@@ -237,7 +237,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        stage_name: str,
+        kind: type[Stage],
         device: str,
         mode: Mode,
         supervisor_pid: int | None = None,
@@ -249,6 +249,7 @@ class Worker:
         self.stop = StopFlag()
         self._signalled: int | None = None  # set by the signal handler, logged elsewhere
         self.metrics = Metrics()
+        stage_name = kind.name
         self.worker_id = producer_id(stage_name)
         self.health = Health(stale_after_s=max(60.0, settings.queue.lease_s * 2))
         self.ctx = Context(
@@ -263,9 +264,7 @@ class Worker:
             device=require_device(stage_name, device),
             mode=mode,
         )
-        from fraudpipe.stages import build
-
-        self.stage = build(stage_name, self.ctx)
+        self.stage = kind(self.ctx)
         self.totals = {"rows": 0, "batches": 0}
         self.started_at = time.time()
         self.finished = False

@@ -26,7 +26,7 @@ from fraudpipe.config import STAGES, Settings
 from fraudpipe.control import GENERATION, read_generation
 from fraudpipe.dashboard import payload as p
 from fraudpipe.dashboard.cluster import ClusterView
-from fraudpipe.layout import FEATURES, LABELS, RAW, TOPICS, Layout
+from fraudpipe.layout import FEATURES, RAW, TOPICS, Layout
 from fraudpipe.queue import SUFFIX, Topic
 from fraudpipe.registry import ModelRegistry, RegistryError
 from fraudpipe.results import recent_result_files
@@ -41,7 +41,7 @@ QUALITY_WINDOW_S = 300.0
 # Scored rows wait this long for their label, labels this long for their row (then dropped).
 MATCH_TTL_S = 900.0
 # Who consumes each topic (for "falls behind" warnings).
-CONSUMER = {RAW: "preprocess", FEATURES: "infer", LABELS: "train"}
+CONSUMER = {RAW: "preprocess", FEATURES: "infer"}
 # The topics a transaction waits in between entry and score.
 HOT_PATH = (RAW, FEATURES)
 # "falls behind" is raised at BEHIND_AT x queue.max_backlog pending batches and cleared only

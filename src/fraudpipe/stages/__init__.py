@@ -1,29 +1,33 @@
-"""The stages: each is a function from a batch to a batch (plus its state), behind one loop."""
+"""The stages, in three kinds behind one worker loop (worker.py): a source (gather) emits
+batches; a transform (preprocess, infer: worker.BatchStage) maps each claimed batch to its
+outputs; a job (train) runs on a schedule or a trigger. The worker never imports this package:
+the CLI hands it the stage's class (stage_class)."""
 
 from __future__ import annotations
 
-from fraudpipe.worker import Context, Stage
+from fraudpipe.worker import Stage
 
 
 class StageError(Exception):
     """A stage cannot start with this configuration or data dir; the message says why."""
 
 
-def build(name: str, ctx: Context) -> Stage:
+def stage_class(name: str) -> type[Stage]:
+    """The stage of that name (its module imported only now: a worker runs one stage)."""
     if name == "gather":
         from fraudpipe.stages.gather import Gather
 
-        return Gather(ctx)
+        return Gather
     if name == "preprocess":
         from fraudpipe.stages.preprocess import Preprocess
 
-        return Preprocess(ctx)
+        return Preprocess
     if name == "train":
         from fraudpipe.stages.train import Train
 
-        return Train(ctx)
+        return Train
     if name == "infer":
         from fraudpipe.stages.infer import Infer
 
-        return Infer(ctx)
+        return Infer
     raise StageError(f"unknown stage {name!r}")

@@ -1,8 +1,8 @@
-"""train: consume the label stream; train on a schedule, on demand, or once enough has arrived.
+"""train: a job stage (no input topic): train on a schedule, on demand, or when drift asks.
 
-Label batches are the stage's input topic: each one is counted (metrics) and acknowledged. A
-training run joins the feature store with the labels that have arrived, trains a challenger,
-compares it with the champion on the same holdout, and promotes it only if it wins.
+A training run joins the feature store with the labels that have arrived (gather logs them to
+the event log as the clock passes them), trains a challenger, compares it with the champion on
+the same holdout, and promotes it only if it wins.
 
 On demand: create the file ``control/train-now`` in the data dir (the dashboard does), or run
 ``fraudpipe worker --stage=train --once``.
@@ -19,25 +19,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import polars as pl
-
-from fraudpipe import schema
 from fraudpipe.control import TRAIN_NOW
 from fraudpipe.drift import DriftMonitor, Report
 from fraudpipe.features import feature_names
-from fraudpipe.layout import LABELS
-from fraudpipe.queue import Claim
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.training import run_training
-from fraudpipe.worker import BatchStage, Context, Mode, Outcome
+from fraudpipe.worker import Context, Mode, Outcome, Stage
 
 _RETRY_WITHOUT_MODEL_S = 5.0
 
 
-class Train(BatchStage):
+class Train(Stage):
     name = "train"
-    consumes = (LABELS,)
-    input_schema = schema.LABELS
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -47,20 +40,11 @@ class Train(BatchStage):
         self.next_due = time.monotonic()
         self.registry = ModelRegistry(ctx.layout.models)
         self.last: dict[str, Any] = {}
-        self.labels_seen = 0
         self.monitor = DriftMonitor(ctx.layout, ctx.settings.train)
         self.next_drift = time.monotonic()
         self.drift: dict[str, Any] | None = None
         self.drift_due: str | None = None  # why drift asks for a training, until one runs
         self.last_trained: float | None = None  # monotonic
-
-    def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
-        """Count an arrived label batch; training reads the labels from the event log."""
-        frauds = int(df["is_fraud"].sum())
-        self.ctx.metrics.labels.labels("1").inc(frauds)
-        self.ctx.metrics.labels.labels("0").inc(df.height - frauds)
-        self.labels_seen += df.height
-        return {}
 
     def _check_drift(self) -> None:
         """Measure drift now; export it, report it, and ask for a training if it is too large."""
@@ -166,9 +150,6 @@ class Train(BatchStage):
         mode = self.ctx.mode
         if mode is Mode.ONCE:
             return self._train("once")
-        consumed = super().step()
-        if consumed.batches:
-            return consumed
         if time.monotonic() >= self.next_drift:
             self._check_drift()
         if self.trigger.exists():
@@ -182,7 +163,6 @@ class Train(BatchStage):
 
     def status(self) -> dict[str, Any]:
         return {
-            "labels_seen": self.labels_seen,
             "last_training": self.last or None,
             "drift": self.drift,
         }

@@ -732,7 +732,7 @@ function makeCharts() {
       p99: p.p99_ms,
     }), { order: ["p50", "p95", "p99"], format: (ms) => fmtDuration(ms).join(" ") }),
     new LineChart($("chart-pending"), $("chart-pending-legend"), store, (p) => ({ ...(p.pending ?? {}) }),
-      { order: ["raw-transactions", "labels", "features-ready", "inference-results"], integer: true }),
+      { order: ["raw-transactions", "features-ready", "inference-results"], integer: true }),
   ];
   window.addEventListener("resize", () => charts.forEach((c) => c.requestDraw()));
   // devicePixelRatio changes (window dragged to another screen, zoom) do not always resize
