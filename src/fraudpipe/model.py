@@ -1,4 +1,4 @@
-"""The fraud model: LightGBM training, ONNX export, reason codes and holdout metrics.
+"""The fraud model: LightGBM training, ONNX export and holdout metrics.
 
 Nothing here knows the shared volume; registry.py stores models, training.py runs a training
 end to end, scoring.py scores and reasons.py explains. Metrics are plain numpy so that every

@@ -5,8 +5,9 @@ no label after it is used. Labeled rows are feature-store rows joined with those
 newest ``holdout_days`` of labeled rows (by transaction ts) are the holdout, the
 ``train_days`` before them the training set; boosting is early-stopped on the training set's
 last ``valid_days``, then refitted on all of it (model.train_with_validation; offline training
-may first search parameters on that same split). The challenger is scored on the holdout with
-its ONNX export (what inference runs), the champion (models/current) on the same rows; the
+may first search parameters on that same split). The challenger is scored on the holdout by
+LightGBM itself (what the compiled scorer infer runs by default computes, within 1e-7), the
+champion (models/current) on the same rows; the
 challenger is promoted only when its average precision beats the champion's by more than
 ``min_improvement``. Every trained version is saved; its manifest records the decision.
 
@@ -22,8 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 
@@ -42,10 +44,7 @@ from fraudpipe.model import (
     train_with_validation,
 )
 from fraudpipe.registry import ModelRegistry, RegistryError
-from fraudpipe.scoring import ModelLoadError, OnnxScorer
-
-if TYPE_CHECKING:
-    import lightgbm as lgb
+from fraudpipe.scoring import OnnxScorer
 
 Status = Literal["trained-promoted", "trained-kept-champion", "not-enough-data", "stopped"]
 ONE_DAY = dt.timedelta(days=1)
@@ -259,11 +258,11 @@ def missing(split: Split, cfg: TrainSettings, *, minimums: bool = True) -> str |
 
 @dataclass(frozen=True)
 class Fitted:
-    """A trained challenger and how it did on the holdout, scored by its ONNX export."""
+    """A trained challenger and how it did on the holdout, scored by LightGBM."""
 
     booster: lgb.Booster
     onnx_bytes: bytes
-    metrics: dict[str, Any]  # model.evaluate of the ONNX scores on the holdout
+    metrics: dict[str, Any]  # model.evaluate of the booster's scores on the holdout
     fit_info: dict[str, Any]  # what model.train_with_validation did
     train_seconds: float
     onnx_vs_lightgbm: dict[str, float]  # max and median |ONNX - LightGBM| on the holdout
@@ -292,7 +291,8 @@ def fit(
     device: Device = CPU,
 ) -> Fitted:
     """Train on split.train (model.train_with_validation: early stopping on its last
-    ``valid_days``, then a refit), export ONNX and score the holdout with it.
+    ``valid_days``, then a refit), score the holdout, export ONNX and measure how far its
+    scores are from the booster's (infer.scorer: onnx scores with them).
 
     tune_trials, should_stop, progress and on_trial go to the training, which raises
     model.TrainingStopped, and model.CannotTune when a search has no validation split. The
@@ -315,9 +315,9 @@ def fit(
     train_seconds = time.perf_counter() - started
     X_holdout = _matrix(split.holdout, feature_names)
     y_holdout = split.holdout["is_fraud"].to_numpy()
+    scores = np.asarray(booster.predict(X_holdout))
     onnx_bytes = export_onnx(booster, len(feature_names))
-    scores = OnnxScorer(onnx_bytes).score(X_holdout)
-    onnx_diff = np.abs(scores.astype(np.float64) - booster.predict(X_holdout))
+    onnx_diff = np.abs(OnnxScorer(onnx_bytes).score(X_holdout).astype(np.float64) - scores)
     return Fitted(
         booster=booster,
         onnx_bytes=onnx_bytes,
@@ -368,8 +368,8 @@ def judge(
                 f"store now computes ({feature_names}): it cannot be compared on this holdout"
             )
             return Verdict(True, finding, f"{finding}, so the challenger replaces it", record)
-        scores = OnnxScorer(registry.onnx_path(champion)).score(fitted.X_holdout)
-    except (RegistryError, ModelLoadError, OSError, ValueError) as exc:
+        scores = np.asarray(registry.load_booster(champion).predict(fitted.X_holdout))
+    except (RegistryError, lgb.basic.LightGBMError, OSError, ValueError) as exc:
         finding = f"champion {champion} cannot be evaluated ({exc})"
         return Verdict(True, finding, f"{finding}: promoting", record)
     record["metrics"] = evaluate(fitted.y_holdout, scores)
