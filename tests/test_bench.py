@@ -31,8 +31,9 @@ def assert_figure(fig: dict[str, Any], where: str) -> None:
 
 def test_bench_json_has_every_figure_beside_its_baseline(tmp_path: Path) -> None:
     plot = tmp_path / "e2e.png"
+    # e2e: the two latency phases and one search step, of 3 s each (the shape, not the speed)
     proc = fraudpipe("bench", "--rows", "20000", "--runs", "1", "--json", "--e2e-seconds", "3",
-                     "--plot", str(plot), timeout=900, check=True)  # fmt: skip
+                     "--e2e-search", "1", "--plot", str(plot), timeout=900, check=True)  # fmt: skip
     doc = json.loads(proc.stdout)
     assert doc["schema_version"] == SCHEMA_VERSION
     assert doc["machine"]["cpus"] >= 1 and doc["settings"]["device"] == "cpu"

@@ -354,7 +354,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
                if p["flat"] is flat]  # fmt: skip
         if pts:
             left.scatter(*zip(*pts, strict=True), marker=marker,
-                         label="flat backlogs" if flat else "backlog grows")  # fmt: skip
+                         label="flat backlogs" if flat else "not flat")  # fmt: skip
     left.set(xlabel="offered (k tx/s)", ylabel="scored (k tx/s)", title="throughput")
     left.legend()
     with_latency = [(o, p) for o, p in zip(offered, phases, strict=True) if p["latency_ms"]]

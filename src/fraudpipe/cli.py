@@ -190,6 +190,10 @@ def bench(
     e2e_seconds: Annotated[
         float, typer.Option(min=2.0, help="Seconds measured in each e2e phase.")
     ] = 12.0,
+    e2e_search: Annotated[
+        int | None,
+        typer.Option(min=0, help="e2e search steps after the 10k and 50k phases (default 3)."),
+    ] = None,
 ) -> None:
     """Measure each stage's hot path beside a baseline run in the same process (bench.py),
     and the whole pipeline under load (bench_e2e.py)."""
@@ -205,7 +209,9 @@ def bench(
     if plot is not None and "e2e" not in stages:
         fail("--plot draws the e2e phases: add --stage e2e (or all)")
     try:
-        doc = benchmark.run(stages, rows, runs, device, threads, e2e_seconds=e2e_seconds)
+        doc = benchmark.run(
+            stages, rows, runs, device, threads, e2e_seconds=e2e_seconds, e2e_search=e2e_search
+        )
         if plot is not None:
             bench_e2e.plot(doc, plot)
     except DeviceUnavailable as exc:
