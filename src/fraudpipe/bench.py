@@ -554,8 +554,7 @@ def run(
                 assert data is not None
                 doc["stages"][stage] = bench_queue(data, runs)
             elif stage == "e2e":
-                steps = bench_e2e.SEARCH_STEPS if e2e_search is None else e2e_search
-                doc["stages"][stage] = bench_e2e.bench_e2e(e2e_seconds, steps)
+                doc["stages"][stage] = bench_e2e.bench_e2e(e2e_seconds, e2e_search)
     if "e2e" in doc["stages"]:
         e2e = doc["stages"]["e2e"]
         e2e["baseline"] = bench_e2e.ceiling(doc["stages"], doc["machine"]["cpus"] or 1)

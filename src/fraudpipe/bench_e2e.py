@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from fraudpipe.layout import FEATURES, RAW, RESULTS, Layout
+
 LATENCY_RATES = (10_000, 50_000)
 SEARCH_STEPS = 3
 SEARCH_CAP = 1_000_000  # no 2-core machine comes near; the search doubles up to it at most
@@ -50,17 +52,11 @@ GROWTH_BATCHES = 2
 SHORT_BATCHES = 4
 
 
-COLUMNS = {1: "raw", 2: "features"}  # a sample's backlog columns
+BACKLOGS = {RAW: "raw", FEATURES: "features"}  # the topics sampled, by their name here
 
 
 class BenchError(RuntimeError):
     """The pipeline could not be run for the bench (the message says where its log is)."""
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
-    env["FRAUDPIPE_LOG__FORMAT"] = "json"
-    return env
 
 
 def _run_cmd(data: Path, rate: float, *extra: str) -> list[str]:
@@ -71,12 +67,13 @@ def _run_cmd(data: Path, rate: float, *extra: str) -> list[str]:
 def warm_up(work: Path) -> Path:
     """A data dir with WARM_DAYS of history scored and a current model."""
     from fraudpipe.registry import ModelRegistry
+    from fraudpipe.runner import child_env
 
     data, log = work / "warm", work / "warm.log"
     with open(log, "wb") as out:
         done = subprocess.run(
             _run_cmd(data, WARM_RATE, "--days", str(WARM_DAYS), "--drain-timeout", "300"),
-            env=_env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=child_env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             timeout=600,
         )  # fmt: skip
     if done.returncode != 0 or ModelRegistry(data / "models").current() is None:
@@ -110,7 +107,7 @@ class _Phase:
     rate: float
     data: Path
     pids: list[int] = field(default_factory=list)
-    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, raw, features)
+    samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)  # (t, backlogs)
     cpu_at: dict[str, dict[int, float]] = field(default_factory=dict)
     rss_mb: float = 0.0
 
@@ -120,21 +117,18 @@ class _Phase:
         return [int(w["pid"]) for w in read_status(self.data / "status")]
 
     def sample(self, queue: Any) -> None:
-        from fraudpipe.layout import FEATURES, RAW
-
-        backlog = []
-        for t in (RAW, FEATURES):
-            st = queue.topic(t).stats()
-            backlog.append(st.pending + st.claimed)
-        self.samples.append((time.time(), backlog[0], backlog[1]))
+        """The pending and claimed batches of each topic in BACKLOGS, now."""
+        backlog = {}
+        for topic, name in BACKLOGS.items():
+            st = queue.topic(topic).stats()
+            backlog[name] = st.pending + st.claimed
+        self.samples.append((time.time(), backlog))
 
     def cpu(self, mark: str) -> None:
         self.cpu_at[mark] = {p: c for p in self.pids if (c := _cpu_s(p)) is not None}
 
 
 def _published(queue: Any) -> int:
-    from fraudpipe.layout import RAW
-
     st = queue.topic(RAW).stats()
     return st.pending + st.claimed + st.done + st.dead
 
@@ -142,8 +136,8 @@ def _published(queue: Any) -> int:
 def run_phase(warm: Path, work: Path, rate: float, seconds: float) -> dict[str, Any]:
     """fraudpipe run at `rate` for SETTLE_S + `seconds` + TAIL_S, then its figures."""
     from fraudpipe.config import load_settings
-    from fraudpipe.layout import Layout
     from fraudpipe.queue import Queue
+    from fraudpipe.runner import child_env
 
     data = work / f"rate-{int(rate)}"
     shutil.copytree(warm, data, symlinks=True)
@@ -157,7 +151,7 @@ def run_phase(warm: Path, work: Path, rate: float, seconds: float) -> dict[str, 
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             _run_cmd(data, rate, "--replicas", "train=0"),
-            env=_env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=child_env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 120  # start-up under load: a generous bound
@@ -193,7 +187,6 @@ def run_phase(warm: Path, work: Path, rate: float, seconds: float) -> dict[str, 
 def _figures(
     phase: _Phase, queue: Any, spawned: float, window: tuple[float, float], seconds: float
 ) -> dict[str, Any]:
-    from fraudpipe.layout import RESULTS, Layout
     from fraudpipe.results import ResultsStore
 
     paths = list(ResultsStore(Layout(phase.data).results).sources(queue.topic(RESULTS)).values())
@@ -218,12 +211,15 @@ def _figures(
     cpu = sum(end[p] - start[p] for p in end if p in start)
     inside = [s for s in phase.samples if a <= s[0] < b]
     half = len(inside) // 2
-    growth: dict[str, int | None] = dict.fromkeys(COLUMNS.values())
+    most: dict[str, int] = {}
+    growth: dict[str, int | None] = {}
     steady = half > 0
-    for i, name in COLUMNS.items():
+    for name in BACKLOGS.values():
+        most[name] = max((s[1][name] for s in inside), default=0)
+        growth[name] = None
         if half:
-            standing = max(int(s[i]) for s in inside[half:])
-            growth[name] = grew = standing - max(int(s[i]) for s in inside[:half])
+            standing = max(s[1][name] for s in inside[half:])
+            growth[name] = grew = standing - max(s[1][name] for s in inside[:half])
             steady = steady and grew <= GROWTH_BATCHES and standing <= SHORT_BATCHES
     share = created.height / (phase.rate * seconds)
     return {
@@ -231,10 +227,7 @@ def _figures(
         "created_and_scored_share": round(share, 4),
         "scored_per_s": round(scored / seconds, 1),
         "latency_ms": latency,
-        "backlog_batches": {
-            "raw": max((s[1] for s in inside), default=0),
-            "features": max((s[2] for s in inside), default=0),
-        },
+        "backlog_batches": most,
         "backlog_growth_batches": growth,
         "cpu_s_per_million_rows": round(cpu / scored * 1e6, 3) if scored else None,
         "peak_rss_mb": round(phase.rss_mb, 1),
@@ -258,8 +251,9 @@ def next_rate(tried: dict[float, dict[str, Any]]) -> float | None:
     return nxt if lo < nxt < hi and nxt not in tried else None
 
 
-def bench_e2e(seconds: float, search_steps: int = SEARCH_STEPS) -> dict[str, Any]:
-    """The latency phases, then the search; the highest flat phase as the figure."""
+def bench_e2e(seconds: float, search_steps: int | None = None) -> dict[str, Any]:
+    """The latency phases, then `search_steps` of the search (None: SEARCH_STEPS); the highest
+    flat phase as the figure."""
     print("bench: e2e warm-up (history and a first model)...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="fraudpipe-bench-e2e-") as tmp:
         work = Path(tmp)
@@ -277,7 +271,7 @@ def bench_e2e(seconds: float, search_steps: int = SEARCH_STEPS) -> dict[str, Any
 
         for rate in LATENCY_RATES:
             phase(rate)
-        for _ in range(search_steps):
+        for _ in range(SEARCH_STEPS if search_steps is None else search_steps):
             nxt = next_rate(tried)
             if nxt is None:
                 break

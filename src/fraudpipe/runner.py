@@ -42,6 +42,15 @@ STOP_GRACE_S = 20.0
 RESTART_BACKOFF_S = 1.0
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a fraudpipe process started by another: JSON logs, and none of this
+    shell's FRAUDPIPE_* variables (the configuration travels in flags and files; they are
+    folded into it already, and must not override it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
+    env["FRAUDPIPE_LOG__FORMAT"] = "json"
+    return env
+
+
 @dataclass
 class Child:
     stage: str
@@ -87,10 +96,7 @@ class Supervisor:
         return path
 
     def _spawn(self, stage: str, index: int, restarts: int = 0) -> Child:
-        # All configuration travels in the file; FRAUDPIPE_* variables of this shell are already
-        # folded into it, and must not override the flags given to `run`.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDPIPE_")}
-        env["FRAUDPIPE_LOG__FORMAT"] = "json"
+        env = child_env()
         if stage == DASHBOARD:
             env["FRAUDPIPE_DASHBOARD__TOKEN"] = self.token
         key = (stage, index)
