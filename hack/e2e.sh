@@ -41,25 +41,40 @@ main() {
   wait "$images" || { cat "$CACHE/build-images.log" >&2; die "building the images failed"; }
   cat "$CACHE/build-images.log" >&2
   log "builds done after $((SECONDS - t0)) s"
+  # What each step printed, so that a failure ends with its own words (the cluster's logs
+  # come before them, and a CI log shows its tail).
+  out="$REPO/test-artifacts/e2e"
+  mkdir -p "$out"
+  step=cluster-up
   cleanup() {
     rc=$?
     if [ "$rc" -ne 0 ] && [ -d "$RUN/logs" ]; then
-      # The cluster's own logs, before cluster-down removes them: in test-artifacts and here.
-      mkdir -p "$REPO/test-artifacts/e2e/cluster" && cp "$RUN"/logs/*.log "$REPO/test-artifacts/e2e/cluster/"
-      for f in "$RUN"/logs/*.log; do printf '===== %s (last 30 lines) =====\n' "$f"; tail -n 30 "$f"; done >&2
+      # The cluster's own logs, before cluster-down removes them: in test-artifacts and here,
+      # less the apiserver's repeated complaint about a CA bundle this cluster does not use.
+      mkdir -p "$out/cluster" && cp "$RUN"/logs/*.log "$out/cluster/"
+      for f in "$RUN"/logs/*.log; do
+        printf '===== %s (last 20 lines) =====\n' "$f"
+        grep -v 'configmap_cafile_content' "$f" | tail -n 20
+      done >&2
+    fi
+    if [ "$rc" -ne 0 ] && [ -s "$out/$step.log" ]; then
+      printf '===== e2e failed in %s: its last 60 lines (all: %s) =====\n' "$step" "$out/$step.log" >&2
+      tail -n 60 "$out/$step.log" >&2
     fi
     bash "$HACK/cluster-down.sh" || rc=1
-    log "e2e took $((SECONDS - t0)) s in all (exit $rc)"
+    log "e2e took $((SECONDS - t0)) s in all (exit $rc, last step $step)"
     exit "$rc"
   }
   trap cleanup EXIT
   trap 'exit 130' INT TERM
-  bash "$HACK/cluster-up.sh"
+  bash "$HACK/cluster-up.sh" 2>&1 | tee "$out/cluster-up.log"
   # The volume: a hostPath PersistentVolume on a folder owned by the pods' user.
   data="$RUN/volumes/data"
   mkdir -p "$data" && chown 10001:10001 "$data"
+  step=pytest
   FRAUDPIPE_E2E_KUBECONFIG="$RUN/kubeconfig" FRAUDPIPE_E2E_KUBECTL="$KUBE_BIN/kubectl" \
     FRAUDPIPE_E2E_IMAGE=localhost/fraudpipe:e2e FRAUDPIPE_E2E_HOSTPATH="$data" \
-    "$PYTEST" "$REPO/tests/e2e" "$@"
+    "$PYTEST" "$REPO/tests/e2e" "$@" 2>&1 | tee "$out/pytest.log"
+  step=done
 }
 main "$@"
