@@ -254,7 +254,7 @@ class TrainSettings(_Section):
     )
 
 
-ScorerKind = Literal["compiled", "onnx", "lightgbm"]  # scoring.py
+ScorerKind = Literal["auto", "compiled", "arrays", "onnx", "lightgbm"]  # scoring.py
 
 
 class InferSettings(_Section):
@@ -266,9 +266,11 @@ class InferSettings(_Section):
         "holdout and stored in its manifest).",
     )
     scorer: ScorerKind = Field(
-        "compiled",
+        "auto",
         description="How infer scores: compiled (the forest as native code, exact to "
-        "LightGBM), onnx (onnxruntime, float32) or lightgbm (the booster's own predict).",
+        "LightGBM), arrays (the forest walked as arrays on the stage's device: numpy or "
+        "cupy, exact to LightGBM), onnx (onnxruntime, float32) or lightgbm (the booster's own "
+        "predict); auto: compiled on --device=cpu, arrays on --device=gpu.",
     )
     threads: int = Field(1, ge=1, description="Scoring threads per infer worker.")
 

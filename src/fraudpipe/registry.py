@@ -29,6 +29,7 @@ import numpy as np
 
 from fraudpipe import durable
 from fraudpipe.config import ScorerKind
+from fraudpipe.devices import CPU, Device
 from fraudpipe.logs import bounded
 from fraudpipe.scoring import (
     MODEL_FILE,
@@ -145,9 +146,11 @@ class ModelRegistry:
     def load_booster(self, version: str) -> lgb.Booster:
         return lgb.Booster(model_file=str(self._dir(version) / MODEL_FILE))
 
-    def scorer(self, version: str, kind: ScorerKind, threads: int = 1) -> Scorer:
-        """The version's scorer of that kind (scoring.open_scorer)."""
-        return open_scorer(kind, self._dir(version), self.manifest(version), threads)
+    def scorer(
+        self, version: str, kind: ScorerKind, threads: int = 1, device: Device = CPU
+    ) -> Scorer:
+        """The version's scorer of that kind on that device (scoring.open_scorer)."""
+        return open_scorer(kind, self._dir(version), self.manifest(version), threads, device)
 
     def verify(self, version: str) -> dict[str, Any]:
         """The version's manifest, once it is shown able to score: its manifest names the

@@ -6,8 +6,13 @@
   version (``compile_forest``), for a generic CPU of its machine's architecture, and the
   registry keeps it beside model.txt, so infer only loads it; a version without one for this
   architecture is compiled when infer loads it (between batches, once, and logged).
+- ``arrays``: the forest as flat node arrays walked by the device's array namespace (forest.py):
+  cupy on ``--device=gpu``, where it is the default; numpy on the host, where it is exact but
+  slow, and serves to prove the walk in CI.
 - ``onnx``: the ONNX export on onnxruntime's CPU provider (float32 thresholds: within ~1e-6).
 - ``lightgbm``: the booster's own predict, the reference every scorer is tested against.
+
+``auto`` (the default of ``infer.scorer``) is ``compiled`` on the CPU and ``arrays`` on the GPU.
 
 Scores are probabilities of fraud. Anything that scores rows for the pipeline (infer, `fraudpipe
 score`, drift, train's holdout) opens its scorer here.
@@ -27,8 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from fraudpipe.config import ScorerKind
+from fraudpipe.devices import CPU, Device
+from fraudpipe.forest import ArrayForestScorer
 
-SCORERS: tuple[ScorerKind, ...] = get_args(ScorerKind)
+SCORERS: tuple[ScorerKind, ...] = tuple(k for k in get_args(ScorerKind) if k != "auto")
 MODEL_FILE = "model.txt"  # the forms a model version is kept in (registry.py)
 ONNX_FILE = "model.onnx"
 # A generic CPU of the architecture: the object runs on every node of it, whichever trained
@@ -144,12 +151,24 @@ class CompiledScorer:
         return np.asarray(self._model.predict(rows, n_jobs=self.threads), np.float32)
 
 
+def resolve(kind: ScorerKind, device: Device) -> ScorerKind:
+    """The scorer kind that ``auto`` stands for on that device (any other kind is itself)."""
+    if kind != "auto":
+        return kind
+    return "arrays" if device.kind == "gpu" else "compiled"
+
+
 def open_scorer(
-    kind: ScorerKind, directory: Path, manifest: dict[str, Any], threads: int = 1
+    kind: ScorerKind,
+    directory: Path,
+    manifest: dict[str, Any],
+    threads: int = 1,
+    device: Device = CPU,
 ) -> Scorer:
     """The scorer of that kind for the model kept in directory (a registry version, or what
-    ``fraudpipe train --output`` wrote); ModelLoadError when it cannot load. Without a compiled
-    object for this architecture, the forest is compiled here (seconds)."""
+    ``fraudpipe train --output`` wrote), on that device; ModelLoadError when it cannot load.
+    Without a compiled object for this architecture, the forest is compiled here (seconds)."""
+    kind = resolve(kind, device)
     if kind == "onnx":
         return OnnxScorer(directory / ONNX_FILE, threads=threads)
     try:
@@ -158,6 +177,11 @@ def open_scorer(
         raise ModelLoadError(f"cannot load {directory / MODEL_FILE}: {exc}") from exc
     if kind == "lightgbm":
         return BoosterScorer(booster, threads=threads)
+    if kind == "arrays":
+        try:
+            return ArrayForestScorer(booster, device)
+        except ValueError as exc:
+            raise ModelLoadError(f"cannot walk {directory / MODEL_FILE} as arrays: {exc}") from exc
     recorded = manifest.get("compiled", {}).get(compiled_name(), {})
     compiled = directory / compiled_name()
     return CompiledScorer.open(directory / MODEL_FILE, compiled, recorded.get("sha256"), threads)

@@ -4,7 +4,7 @@ Before the first model exists infer claims nothing: features stay queued, no sco
 Between batches it checks models/current and loads a newly promoted model, so a promotion never
 drops or splits a batch; each result row names the model version that scored it. It scores with
 the scorer ``infer.scorer`` names (scoring.py: by default the forest compiled when train saved
-the version). A version it
+the version on the CPU, the forest walked as arrays on the GPU). A version it
 cannot load (missing, cut short: ``ModelRegistry.verify``) is refused and named in its log and
 status, and infer goes on with the last good model (or waits, if it has none); it tries the
 same version again only after RETRY_REFUSED_S, or once models/current moves.
@@ -29,7 +29,7 @@ from fraudpipe.queue import Claim
 from fraudpipe.reasons import Forest, alert_reasons
 from fraudpipe.registry import ModelRegistry
 from fraudpipe.results import ResultsStore
-from fraudpipe.scoring import CompiledScorer, Scorer
+from fraudpipe.scoring import CompiledScorer, Scorer, resolve
 from fraudpipe.worker import BatchStage, Context
 
 _PASS_THROUGH = ["transaction_id", "ts", "customer_id", "terminal_id", "amount", "created_at"]
@@ -78,7 +78,7 @@ class Infer(BatchStage):
         manifest = self.registry.verify(version)
         # Both loaded before either is swapped in: a failed load leaves the old model whole.
         cfg = self.ctx.settings.infer
-        scorer = self.registry.scorer(version, cfg.scorer, threads=cfg.threads)
+        scorer = self.registry.scorer(version, cfg.scorer, cfg.threads, self.ctx.device)
         if isinstance(scorer, CompiledScorer) and scorer.compiled_here_s is not None:
             self.ctx.log.warning(
                 "model.compiled", version=version, seconds=round(scorer.compiled_here_s, 1),
@@ -99,7 +99,11 @@ class Infer(BatchStage):
         self.ctx.metrics.model_info.labels(version).set(1)
         self.refused = None
         self.ctx.log.info(
-            "model.loaded", version=version, scorer=cfg.scorer, threshold=round(self.threshold, 4)
+            "model.loaded",
+            version=version,
+            scorer=resolve(cfg.scorer, self.ctx.device),
+            device=self.ctx.device.kind,
+            threshold=round(self.threshold, 4),
         )
 
     def transform(self, df: pl.DataFrame, claim: Claim) -> dict[str, pl.DataFrame]:
