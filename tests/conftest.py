@@ -12,9 +12,16 @@ from typing import Any
 import pytest
 
 from fraudpipe.config import QueueSettings
+from fraudpipe.devices import gpu_problems
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
+# Tests of the GPU half: marked gpu, and skipped without a CUDA GPU, naming what is missing.
+_CUDA = gpu_problems("cuda")
+ON_GPU = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(bool(_CUDA), reason="needs a CUDA GPU: " + "".join(_CUDA[:1]).split(";")[0]),
+]
 
 
 @pytest.fixture

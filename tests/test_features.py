@@ -6,6 +6,7 @@ import datetime as dt
 import random
 from collections import defaultdict
 from fractions import Fraction
+from typing import Any
 
 import array_api_strict
 import numpy as np
@@ -17,8 +18,10 @@ from polars.testing import assert_frame_equal
 
 from fraudpipe import kernel
 from fraudpipe.config import FeatureSettings
+from fraudpipe.devices import Device
 from fraudpipe.features import compute_features, feature_names, lookback
 from fraudpipe.schema import LABELS, MAX_AMOUNT, TRANSACTIONS, BadBatch
+from tests.conftest import ON_GPU
 
 START = dt.datetime(2018, 4, 1)
 SMALL = FeatureSettings(windows_days=[1, 2], terminal_delay_days=1)
@@ -30,9 +33,23 @@ CONFIGS = [
     HANDBOOK,
 ]
 IDS = ["default", "small", "nodelay", "handbook"]
-# The one kernel, under numpy and under the strict namespace, which refuses any call outside
-# the array API standard (what cupy runs on the GPU): both must give the reference's bits.
-NAMESPACES = [pytest.param(None, id="numpy"), pytest.param(array_api_strict, id="strict")]
+# The one kernel, under numpy, under the strict namespace, which refuses any call outside the
+# array API standard, and under cupy on the GPU (where there is one): all give the reference's
+# bits.
+NAMESPACES = [
+    pytest.param(None, id="numpy"),
+    pytest.param(array_api_strict, id="strict"),
+    pytest.param(lambda: Device("gpu").xp, id="cupy", marks=ON_GPU),
+]
+
+
+def namespace(param: Any) -> Any:
+    return param() if callable(param) else param
+
+
+@pytest.fixture(scope="module", params=NAMESPACES)
+def xp(request: pytest.FixtureRequest) -> Any:
+    return namespace(request.param)
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -176,15 +193,13 @@ def naive(tx: pl.DataFrame, labels: pl.DataFrame, cfg: FeatureSettings) -> pl.Da
     return pl.DataFrame([{k: f[k] for k in schema} for f in out], schema=schema)
 
 
-@pytest.mark.parametrize("xp", NAMESPACES)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("seed", [1, 2])
-def test_matches_naive_reference(cfg: FeatureSettings, seed: int, xp: object) -> None:
+def test_matches_naive_reference(cfg: FeatureSettings, seed: int, xp: Any) -> None:
     tx, labels = random_data(seed, 300, 45 if cfg == CONFIGS[0] else 8)
     assert_frame_equal(compute_features(tx, labels, cfg, xp=xp), naive(tx, labels, cfg))
 
 
-@pytest.mark.parametrize("xp", NAMESPACES)
 @settings(max_examples=60, deadline=None)
 @given(
     data=st.data(),
@@ -192,7 +207,7 @@ def test_matches_naive_reference(cfg: FeatureSettings, seed: int, xp: object) ->
     delay=st.integers(0, 3),
 )
 def test_matches_naive_reference_property(
-    xp: object, data: st.DataObject, windows: list[int], delay: int
+    xp: Any, data: st.DataObject, windows: list[int], delay: int
 ) -> None:
     cfg = FeatureSettings(windows_days=windows, terminal_delay_days=delay)
     rows = data.draw(
@@ -217,9 +232,8 @@ def test_matches_naive_reference_property(
     assert_frame_equal(compute_features(tx, labels, cfg, xp=xp), naive(tx, labels, cfg))
 
 
-@pytest.mark.parametrize("xp", NAMESPACES)
 @pytest.mark.parametrize("spread", [1, 10**18])
-def test_keys_without_history(spread: int, xp: object) -> None:
+def test_keys_without_history(spread: int, xp: Any) -> None:
     """Terminals below, above and between those in a row's window count nothing."""
     cfg = FeatureSettings(windows_days=[1, 2], terminal_delay_days=1)
     far = 4 * 10**18  # codes for far-off keys must not overflow
@@ -234,8 +248,7 @@ def test_keys_without_history(spread: int, xp: object) -> None:
     assert_frame_equal(out, naive(tx, labels, cfg))
 
 
-@pytest.mark.parametrize("xp", NAMESPACES)
-def test_key_overflow_falls_back_to_time_ranks(monkeypatch: pytest.MonkeyPatch, xp: object) -> None:
+def test_key_overflow_falls_back_to_time_ranks(monkeypatch: pytest.MonkeyPatch, xp: Any) -> None:
     tx, labels = random_data(3, 200, 40)
     cfg = FeatureSettings()
     wide = compute_features(tx, labels, cfg, xp=xp)
@@ -329,8 +342,7 @@ def test_amounts_outside_the_exact_range_are_refused(amount: float, shown: str) 
     )
 
 
-@pytest.mark.parametrize("xp", NAMESPACES)
-def test_weekend_and_night_flags(xp: object) -> None:
+def test_weekend_and_night_flags(xp: Any) -> None:
     ts = [
         dt.datetime(2018, 4, 6, 23, 59, 59),  # Friday night
         dt.datetime(2018, 4, 7, 0, 0),  # Saturday
@@ -425,9 +437,10 @@ def simulate(seed: int, days: int, per_day: int) -> tuple[pl.DataFrame, pl.DataF
     return tx, labels
 
 
-def test_the_kernel_gives_the_same_bits_in_every_namespace() -> None:
+@pytest.mark.parametrize("other", NAMESPACES[1:])
+def test_the_kernel_gives_the_same_bits_in_every_namespace(other: Any) -> None:
     """The simulator's own data (frauds of all three scenarios, labels arriving late), every
-    feature of every row: the strict namespace computes numpy's bits."""
+    feature of every row: the strict namespace and cupy compute numpy's bits."""
     from fraudpipe.config import SimulatorSettings
     from fraudpipe.simulate import Simulator
 
@@ -438,4 +451,4 @@ def test_the_kernel_gives_the_same_bits_in_every_namespace() -> None:
     cfg = FeatureSettings()
     on_numpy = compute_features(tx, labels, cfg)
     assert on_numpy["terminal_first_fraud_days"].max() > 0  # frauds were known and counted
-    assert_frame_equal(compute_features(tx, labels, cfg, xp=array_api_strict), on_numpy)
+    assert_frame_equal(compute_features(tx, labels, cfg, xp=namespace(other)), on_numpy)

@@ -170,22 +170,33 @@ def compute_rows(
     if rows.size == 0:
         return pl.DataFrame(schema=output_schema(cfg))
     xp = xp if xp is not None else CPU.xp
-    ws = _windows(cfg)
+    inputs = kernel.Inputs(**tx_columns(tx, xp), **fraud_columns(frauds, xp), rows=xp.asarray(rows))
+    return with_features(tx[rows], inputs, cfg, xp)
 
-    def column(frame: pl.DataFrame, name: str) -> Any:
-        return xp.asarray(frame[name].to_physical().to_numpy())
 
-    inputs = kernel.Inputs(
-        ts=column(tx, "ts"),
-        transaction_id=column(tx, "transaction_id"),
-        customer_id=column(tx, "customer_id"),
-        terminal_id=column(tx, "terminal_id"),
-        cents=xp.asarray(np.rint(tx["amount"].to_numpy() * 100).astype(np.int64)),
-        rows=xp.asarray(rows),
-        fraud_id=column(frauds, "transaction_id"),
-        fraud_label_ts=column(frauds, "label_ts"),
-    )
-    cols = kernel.features(xp, inputs, ws, cfg.terminal_delay_days, cfg.extended)
-    return tx[rows].with_columns(
+def tx_columns(tx: pl.DataFrame, xp: Any) -> dict[str, Any]:
+    """The kernel's transaction columns of tx (kernel.Inputs), as arrays of namespace xp."""
+    cols = {
+        name: xp.asarray(tx[name].to_physical().to_numpy())
+        for name in ("ts", "transaction_id", "customer_id", "terminal_id")
+    }
+    cols["cents"] = xp.asarray(np.rint(tx["amount"].to_numpy() * 100).astype(np.int64))
+    return cols
+
+
+def fraud_columns(frauds: pl.DataFrame, xp: Any) -> dict[str, Any]:
+    """The kernel's fraud label columns of frauds (transaction_id, label_ts)."""
+    return {
+        "fraud_id": xp.asarray(frauds["transaction_id"].to_numpy()),
+        "fraud_label_ts": xp.asarray(frauds["label_ts"].to_physical().to_numpy()),
+    }
+
+
+def with_features(
+    query: pl.DataFrame, inputs: kernel.Inputs, cfg: FeatureSettings, xp: Any
+) -> pl.DataFrame:
+    """query (the rows inputs.rows names, in that order) with the kernel's features."""
+    cols = kernel.features(xp, inputs, _windows(cfg), cfg.terminal_delay_days, cfg.extended)
+    return query.with_columns(
         pl.Series(name, to_numpy(v), dtype=pl.Float64) for name, v in cols.items()
     )

@@ -20,14 +20,24 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
+from fraudpipe import kernel
 from fraudpipe.config import FeatureSettings
 from fraudpipe.devices import CPU, Device
 from fraudpipe.eventlog import EventLog
-from fraudpipe.features import compute_rows, lookback, output_schema, valid_transactions
+from fraudpipe.features import (
+    fraud_columns,
+    lookback,
+    output_schema,
+    tx_columns,
+    valid_transactions,
+    with_features,
+)
 from fraudpipe.schema import LABELS, TRANSACTIONS, BadBatch, check
 
 _EPOCH = dt.datetime(1970, 1, 1)
@@ -48,28 +58,36 @@ def _us(value: int) -> dt.datetime:
 
 @dataclass
 class _Held:
-    """One log entry in memory: its rows and fraud labels with time > kept_from."""
+    """One log entry, kept between batches: its transactions with time > kept_from and its fraud
+    labels, as arrays of the device's namespace (uploaded once, when read), and its ids on the
+    host (to check a batch against its own entry)."""
 
     prev: str | None
     first: int  # time (us) of the batch's first and last transaction
     last: int
     kept_from: int
-    rows: pl.DataFrame
-    frauds: pl.DataFrame  # transaction_id, label_ts of its fraud labels
+    ids: npt.NDArray[np.int64]  # every transaction id of the entry, in its order
+    tx: dict[str, Any]  # kernel.Inputs' transaction columns
+    frauds: dict[str, Any]  # kernel.Inputs' fraud label columns
 
 
 class StreamingFeatures:
     """Features of one raw-transactions batch, with its history walked back in the event log.
 
-    Rows (and fraud labels) older than a batch's lookback are evicted after it, and read again
-    if an older batch comes later. A label is assumed never to precede its transaction, so
-    labels are evicted by label_ts.
+    Entries wholly older than a batch's lookback are forgotten after it, and read again if an
+    older batch comes later; an entry that straddles the lookback is kept whole (rows older
+    than every window change no feature). On the GPU the entries stay in device memory, so a
+    batch in the usual order uploads only its own rows: its entry then serves the next batch
+    as history.
     """
 
-    def __init__(self, log: EventLog, cfg: FeatureSettings, device: Device = CPU) -> None:
+    def __init__(
+        self, log: EventLog, cfg: FeatureSettings, device: Device = CPU, xp: Any = None
+    ) -> None:
+        """xp overrides the device's namespace (the tests' array_api_strict)."""
         self._log = log
         self._cfg = cfg
-        self._xp = device.xp
+        self._xp = xp if xp is not None else device.xp
         self._lookback_us = lookback(cfg) // dt.timedelta(microseconds=1)
         self._held: dict[str, _Held] = {}
 
@@ -79,19 +97,27 @@ class StreamingFeatures:
         batch = valid_transactions(batch, f"raw-transactions batch {batch_id}")
         if batch.is_empty():
             return pl.DataFrame(schema=output_schema(self._cfg))
+        xp = self._xp
         lo = int(batch["ts"].to_physical().min()) - self._lookback_us  # type: ignore[arg-type]
         chain = self._walk(batch_id, lo)
-        ids = batch["transaction_id"]
-        logged = chain[0].rows["transaction_id"]  # all of them: kept_from <= lo < first
-        if not (logged.len() == ids.len() and logged.is_in(ids.implode()).all()):
+        ids = batch["transaction_id"].to_numpy()
+        own = chain[0]
+        if not np.array_equal(np.sort(own.ids), np.sort(ids)):
             raise NotLogged(
                 f"batch {batch_id} holds other transactions than the event log's entry of that "
-                f"id ({ids.len()} rows against {logged.len()}): it was not published by gather"
+                f"id ({len(ids)} rows against {len(own.ids)}): it was not published by gather"
             )
-        hist = pl.concat([e.rows for e in chain]).filter(~pl.col("transaction_id").is_in(ids))
-        frauds = pl.concat([e.frauds for e in chain])
-        rows = np.arange(batch.height)
-        out = compute_rows(pl.concat([batch, hist]), frauds, self._cfg, rows, self._xp)
+        # The batch's rows first (the query), then the entries before it: transaction ids are
+        # unique in the log (gather's and replay's), so none of those holds a row of the batch.
+        whole = own.kept_from < own.first  # read for this batch, not cut as another's history
+        mine = own.tx if whole and np.array_equal(own.ids, ids) else tx_columns(batch, xp)
+        parts = [mine] + [e.tx for e in chain[1:]]
+        inputs = kernel.Inputs(
+            **{k: xp.concat([p[k] for p in parts]) for k in mine},
+            **{k: xp.concat([e.frauds[k] for e in chain]) for k in own.frauds},
+            rows=xp.arange(batch.height, dtype=xp.int64),
+        )
+        out = with_features(batch, inputs, self._cfg, xp)
         self._evict(lo)
         return out
 
@@ -135,23 +161,21 @@ class StreamingFeatures:
         times = tx["ts"].to_physical()
         if times.is_empty():
             raise HistoryGone(f"event log entry {entry_id} holds no transaction")
+        rows = tx.filter(pl.col("ts").to_physical() > lo)
+        frauds = labels.filter(
+            (pl.col("is_fraud") == 1) & (pl.col("label_ts").to_physical() > lo)
+        ).select("transaction_id", "label_ts")
         return _Held(
             prev=entry.prev,
             first=int(times.min()),  # type: ignore[arg-type]
             last=int(times.max()),  # type: ignore[arg-type]
             kept_from=lo,
-            rows=tx.filter(pl.col("ts").to_physical() > lo),
-            frauds=labels.filter(
-                (pl.col("is_fraud") == 1) & (pl.col("label_ts").to_physical() > lo)
-            ).select("transaction_id", "label_ts"),
+            ids=tx["transaction_id"].to_numpy(),
+            tx=tx_columns(rows, self._xp),
+            frauds=fraud_columns(frauds, self._xp),
         )
 
     def _evict(self, lo: int) -> None:
-        """Forget entries older than lo, and the rows and labels of the others up to lo."""
+        """Forget the entries wholly older than lo."""
         for entry_id in [i for i, h in self._held.items() if h.last <= lo]:
             del self._held[entry_id]
-        for held in self._held.values():
-            if held.kept_from < lo:
-                held.rows = held.rows.filter(pl.col("ts").to_physical() > lo)
-                held.frauds = held.frauds.filter(pl.col("label_ts").to_physical() > lo)
-                held.kept_from = lo
