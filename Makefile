@@ -18,7 +18,7 @@ HELM_ARGS ?=
 # $(call need,TOOL,where to get it): stop with a clear message when TOOL is not installed.
 need = @command -v $(1) >/dev/null 2>&1 || { echo "error: '$(1)' is not installed (needed by 'make $@'): $(2)" >&2; exit 127; }
 
-.PHONY: install run test test-fast lint format bench soak clean \
+.PHONY: install run test test-fast test-gpu lint format bench soak clean \
 	chart-test chart-schema image image-gpu kind-up kind-down deploy e2e
 
 $(BIN)/fraudpipe: pyproject.toml
@@ -47,6 +47,12 @@ test: install lint ## lint, then every test (unit, property, multi-process, whol
 test-fast: install ## skip the whole-pipeline tests
 	$(BIN)/pytest -m "not slow"
 
+test-gpu: install ## on a machine with an NVIDIA GPU: the gpu extra, then the GPU tests beside their CPU twins
+	$(PY) -m pip install --quiet -e '.[gpu,dev]'
+	$(BIN)/pytest -m gpu -rs
+	$(BIN)/pytest -rs tests/test_devices.py tests/test_forest.py
+	$(BIN)/fraudpipe bench --device gpu --stage preprocess --stage infer --stage train
+
 BENCH_ARGS ?=
 bench: install ## every stage's hot path beside its baseline (fraudpipe bench; docs/performance.md)
 	$(BIN)/fraudpipe bench $(BENCH_ARGS)
@@ -69,7 +75,7 @@ image: ## build the CPU image $(IMAGE):$(VERSION)
 	$(call need,$(DOCKER),https://docs.docker.com/get-docker/ (or DOCKER=podman))
 	$(DOCKER) build --target cpu --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
 
-image-gpu: ## build the GPU image $(IMAGE):$(VERSION)-gpu (CUDA 12 runtime, cupy/cudf)
+image-gpu: ## build the GPU image $(IMAGE):$(VERSION)-gpu (CUDA 12 runtime, cupy, OpenCL loader)
 	$(call need,$(DOCKER),https://docs.docker.com/get-docker/ (or DOCKER=podman))
 	$(DOCKER) build --target gpu --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION)-gpu .
 

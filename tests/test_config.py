@@ -113,13 +113,18 @@ def test_cli_rejects_unknown_stage_and_missing_config(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "train=0 allowed" in proc.stderr
 
 
-def test_gpu_without_gpu_stack_exits_2_saying_what_is_missing(tmp_path: Path) -> None:
+def test_gpu_without_a_gpu_exits_2_saying_what_is_missing(tmp_path: Path) -> None:
     proc = fraudpipe(
         "worker", "--stage=preprocess", "--device=gpu", "--once", "--data-dir", str(tmp_path)
     )
     assert proc.returncode == 2
     assert "--device=gpu for stage 'preprocess'" in proc.stderr
-    assert "cupy" in proc.stderr
+    # what is missing first: the driver (and how a pod gets it), else the package, else a GPU
+    assert "libcuda.so.1" in proc.stderr or "cupy" in proc.stderr
+    assert "--device=cpu" in proc.stderr
+    run = fraudpipe("run", "--device=gpu", "--no-dashboard", "--data-dir", str(tmp_path))
+    assert run.returncode == 2 and "fraudpipe run --device=gpu:" in run.stderr
+    assert not (tmp_path / "queue").exists()  # refused before any worker started
 
 
 def test_a_huge_bad_value_is_named_not_echoed(tmp_path: Path) -> None:

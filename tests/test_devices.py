@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from fraudpipe.config import load_settings
 from fraudpipe.devices import CPU, Device, DeviceUnavailable, device, gpu_problems, to_numpy
 from fraudpipe.model import train_booster
+from fraudpipe.scoring import MODEL_FILE, open_scorer
+from tests.test_forest import ulps
+from tests.test_scoring import rows
 
 
 def test_the_cpu_carries_numpy_and_lightgbm_cpu() -> None:
@@ -16,7 +21,7 @@ def test_the_cpu_carries_numpy_and_lightgbm_cpu() -> None:
     x = CPU.xp.asarray(np.arange(3))
     assert to_numpy(x) is x  # numpy through the namespace: no copy
     assert CPU.lightgbm_params() == {"device_type": "cpu"}
-    assert Device("gpu").lightgbm_params() == {"device_type": "cuda"}
+    assert Device("gpu").lightgbm_params() == {"device_type": "gpu", "gpu_use_dp": True}
     with pytest.raises(DeviceUnavailable, match="cpu or gpu"):
         device("tpu")
 
@@ -30,7 +35,34 @@ def test_training_takes_its_device_from_the_device() -> None:
     assert "[device_type: cpu]" in booster.model_to_string()
 
 
-@pytest.mark.skipif(not gpu_problems(("cupy",)), reason="cupy and a CUDA device are here")
+@pytest.mark.skipif(not gpu_problems("cuda"), reason="cupy and a CUDA device are here")
 def test_without_a_gpu_the_gpu_namespace_says_what_is_missing() -> None:
-    with pytest.raises(DeviceUnavailable, match="cupy"):
+    with pytest.raises(DeviceUnavailable, match=r"NVIDIA driver|cupy"):
         _ = Device("gpu").xp
+
+
+_OPENCL = gpu_problems("opencl")
+
+
+@pytest.mark.skipif(
+    bool(_OPENCL),
+    reason="no OpenCL device for LightGBM's GPU learner (on a CPU: apt install pocl-opencl-icd): "
+    + "; ".join(_OPENCL),
+)
+def test_a_model_trained_on_the_gpu_learner_scores_as_any_model(tmp_path: Path) -> None:
+    """LightGBM's GPU (OpenCL) learner, as train runs it on --device=gpu: on a GPU node the
+    driver's OpenCL, in CI PoCL's on the CPU. Its model is a model.txt like any other: every
+    scorer follows it (the walk on cupy: test_gpu.py), and it is the CPU learner's model but
+    for ties in gain (float64 histograms)."""
+    X, y = rows(20_000, seed=10)
+    cfg = load_settings(None, {"train": {"num_boost_round": 40, "threads": 2}}).train
+    names = [f"f{i}" for i in range(X.shape[1])]
+    on_gpu = train_booster(X, y, cfg, names, device=Device("gpu"))
+    on_cpu = train_booster(X, y, cfg, names, device=CPU)
+    assert "[device_type: gpu]" in on_gpu.model_to_string()
+    (tmp_path / MODEL_FILE).write_text(on_gpu.model_to_string())
+    Z, _ = rows(5_000, seed=11)
+    expected = on_gpu.predict(Z.astype(np.float64))
+    for kind in ("arrays", "compiled"):
+        assert ulps(open_scorer(kind, tmp_path, {}).score(Z), expected) <= 1, kind
+    assert np.abs(expected - on_cpu.predict(Z.astype(np.float64))).max() < 1e-3

@@ -102,6 +102,21 @@ def _beside(ours: dict[str, Any], baseline: dict[str, Any]) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+def beside_the_cpu(gpu: dict[str, Any], cpu: dict[str, Any]) -> dict[str, Any]:
+    """A GPU figure's CPU counterpart (the same work on one core of this machine), and two
+    ratios: to that core, and to every core of the machine (the core's rows per CPU-second
+    times the cores: replicas scale so, the queue permitting)."""
+    cores = os.cpu_count() or 1
+    per_cpu_s = 1e6 / cpu["cpu_s_per_million_rows"] if cpu["cpu_s_per_million_rows"] else None
+    ours = gpu.get("rows_per_s")
+    return {
+        "cpu": cpu,
+        "ratio_to_cpu": _beside(gpu, cpu),
+        "ratio_to_all_cores": round(ours / (per_cpu_s * cores), 2) if ours and per_cpu_s else None,
+        "cores": cores,
+    }
+
+
 @contextmanager
 def _step(what: str) -> Iterator[None]:
     print(f"bench: {what}...", file=sys.stderr, flush=True)
@@ -206,18 +221,23 @@ def bench_preprocess(data: Data, runs: int, device: str, pandas_rows: int) -> di
         batches.append((tx.slice(h0, hi - h0), np.arange(lo - h0, hi - h0)))
     n = sum(len(rows) for _, rows in batches)
 
-    def streaming(done: Callable[[float], None]) -> None:
-        for history, rows in batches:
-            t = time.perf_counter()
-            compute_rows(history, data.frauds, cfg, rows, xp)
-            done(time.perf_counter() - t)
+    def streaming(on: Any) -> Callable[[Callable[[float], None]], None]:
+        def work(done: Callable[[float], None]) -> None:
+            for history, rows in batches:
+                t = time.perf_counter()
+                compute_rows(history, data.frauds, cfg, rows, on)
+                done(time.perf_counter() - t)
 
-    ours = measure(n, runs, streaming)
+        return work
+
+    ours = measure(n, runs, streaming(xp))
     doc: dict[str, Any] = {
         "fraudpipe": ours,
         "note": f"the last 7 days in batches of {BATCH_ROWS}, each over its "
         f"{lookback(cfg).days}-day history (every feature, extended ones included)",
     }
+    if device == "gpu":
+        doc.update(beside_the_cpu(ours, measure(n, runs, streaming(make_device("cpu").xp))))
     try:
         import pandas  # noqa: F401
     except ImportError:
@@ -304,7 +324,9 @@ def _train_settings(threads: int) -> Any:
     return _settings({"train": {"threads": threads}}).train  # 200 rounds of 31 leaves
 
 
-def bench_infer(data: Data, runs: int, threads: int) -> dict[str, Any]:
+def bench_infer(data: Data, runs: int, threads: int, device: str = "cpu") -> dict[str, Any]:
+    from fraudpipe.config import ScorerKind
+    from fraudpipe.devices import device as make_device
     from fraudpipe.model import best_f1_threshold, export_onnx, train_booster
     from fraudpipe.reasons import Forest
     from fraudpipe.scoring import (
@@ -315,6 +337,7 @@ def bench_infer(data: Data, runs: int, threads: int) -> dict[str, Any]:
         compiled_name,
         digest,
         open_scorer,
+        resolve,
     )
 
     X_all, y_all, names = _training_rows(data)
@@ -329,7 +352,13 @@ def bench_infer(data: Data, runs: int, threads: int) -> dict[str, Any]:
         obj = compile_forest(text)
         (where / compiled_name()).write_bytes(obj)
         manifest = {"compiled": {compiled_name(): {"sha256": digest(obj)}}}
-        scorers: dict[str, Any] = {k: open_scorer(k, where, manifest, threads) for k in SCORERS}
+        # The walk on numpy is the GPU's code proven on the host, not a CPU scorer: it is
+        # measured on the GPU only.
+        kinds: list[ScorerKind] = [k for k in SCORERS if k != "arrays"]
+        scorers: dict[str, Any] = {k: open_scorer(k, where, manifest, threads) for k in kinds}
+        if device == "gpu":
+            scorers["arrays"] = open_scorer("arrays", where, manifest, threads, make_device(device))
+            kinds.append("arrays")
         batches = [X[i : i + BATCH_ROWS] for i in range(0, len(X), BATCH_ROWS)]
         n = len(X)
 
@@ -342,7 +371,7 @@ def bench_infer(data: Data, runs: int, threads: int) -> dict[str, Any]:
 
             return work
 
-        figures = {k: measure(n, runs, scoring(k)) for k in SCORERS}
+        figures = {k: measure(n, runs, scoring(k)) for k in kinds}
     # alerts at the threshold train would choose (best F1), on these rows
     scores = np.asarray(booster.predict(X))
     chosen = best_f1_threshold(y, scores)
@@ -360,14 +389,15 @@ def bench_infer(data: Data, runs: int, threads: int) -> dict[str, Any]:
     first_equal = float(np.mean(ours_rank[:, 0] == shap_first)) if len(few) else None
     in_top3 = float(np.mean((ours_rank == shap_first[:, None]).any(axis=1))) if len(few) else None
     compiled = figures["compiled"]
+    ours = figures["arrays"] if device == "gpu" else compiled
     reasons_s = reasons["wall_s"]
-    share = reasons_s / (reasons_s + compiled["wall_s"]) if compiled["wall_s"] else None
-    return {
-        "fraudpipe": {"scorer": "compiled", **compiled},
+    share = reasons_s / (reasons_s + ours["wall_s"]) if ours["wall_s"] else None
+    doc = {
+        "fraudpipe": {"scorer": resolve("auto", make_device(device)), **ours},
         "baseline": {"what": "LightGBM's own Booster.predict", **figures["lightgbm"]},
         "onnx": figures["onnx"],
-        "ratio_to_baseline": _beside(compiled, figures["lightgbm"]),
-        "ratio_to_onnx": _beside(compiled, figures["onnx"]),
+        "ratio_to_baseline": _beside(ours, figures["lightgbm"]),
+        "ratio_to_onnx": _beside(ours, figures["onnx"]),
         "reasons": {
             "alert_rate": round(len(alerts) / max(1, n), 5),
             "per_alert_us": round(reasons_s / max(1, len(alerts)) * 1e6, 2),
@@ -379,11 +409,15 @@ def bench_infer(data: Data, runs: int, threads: int) -> dict[str, Any]:
         "model": {"trees": booster.num_trees(), "features": len(names)},
         "threads": threads,
     }
+    if device == "gpu":
+        doc.update(beside_the_cpu(ours, compiled))
+    return doc
 
 
-def bench_train(data: Data, runs: int, threads: int) -> dict[str, Any]:
+def bench_train(data: Data, runs: int, threads: int, device: str = "cpu") -> dict[str, Any]:
     import lightgbm as lgb
 
+    from fraudpipe.devices import device as make_device
     from fraudpipe.model import booster_params, export_onnx, train_booster
     from fraudpipe.scoring import compile_forest
 
@@ -392,13 +426,19 @@ def bench_train(data: Data, runs: int, threads: int) -> dict[str, Any]:
     train = _train_settings(threads)
     made: dict[str, Any] = {}
 
-    def fit(done: Callable[[float], None]) -> None:
-        made["booster"] = train_booster(X, y, train, names)
+    def fitting(on: str) -> Callable[[Callable[[float], None]], None]:
+        def work(done: Callable[[float], None]) -> None:
+            made["booster"] = train_booster(X, y, train, names, device=make_device(on))
+
+        return work
+
+    fit = fitting(device)
 
     def plain(done: Callable[[float], None]) -> None:
         params = {**booster_params(train), "num_threads": threads}
         lgb.train(params, lgb.Dataset(X, y), num_boost_round=train.num_boost_round)
 
+    cpu = measure(len(X), runs, fitting("cpu")) if device == "gpu" else None
     ours = measure(len(X), runs, fit)
     baseline = measure(len(X), runs, plain)
     text = made["booster"].model_to_string()
@@ -415,6 +455,7 @@ def bench_train(data: Data, runs: int, threads: int) -> dict[str, Any]:
         "export_onnx_s": round(onnx_s, 2),
         "compile_s": round(compile_s, 2),
         "threads": threads,
+        **(beside_the_cpu(ours, cpu) if cpu is not None else {}),
     }
 
 
@@ -510,16 +551,14 @@ def run(
 ) -> dict[str, Any]:
     """Every figure of the stages asked for, as one document."""
     from fraudpipe import bench_e2e
-    from fraudpipe.devices import DeviceUnavailable, require_device
+    from fraudpipe.devices import require_device
+    from fraudpipe.runner import GPU_STAGES
 
+    # the stages each figure runs on the device asked for (e2e: those `run --device` moves)
+    needs = {"e2e": GPU_STAGES, **{s: (s,) for s in ("preprocess", "infer", "train")}}
     for stage in stages:
-        if stage in ("preprocess", "infer", "train"):
-            require_device(stage, device)  # DeviceUnavailable, with what is missing
-        if stage == "e2e" and device != "cpu":
-            raise DeviceUnavailable(
-                f"--stage e2e measures fraudpipe run, whose workers run on the CPU; "
-                f"--device={device} applies to preprocess, infer and train"
-            )
+        for name in needs.get(stage, ()):
+            require_device(name, device)  # DeviceUnavailable, with what is missing
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "at": dt.datetime.now(dt.UTC).isoformat(),
@@ -546,15 +585,15 @@ def run(
                 doc["stages"][stage] = bench_preprocess(data, runs, device, min(rows, PANDAS_ROWS))
             elif stage == "infer":
                 assert data is not None
-                doc["stages"][stage] = bench_infer(data, runs, threads)
+                doc["stages"][stage] = bench_infer(data, runs, threads, device)
             elif stage == "train":
                 assert data is not None
-                doc["stages"][stage] = bench_train(data, runs, threads)
+                doc["stages"][stage] = bench_train(data, runs, threads, device)
             elif stage == "queue":
                 assert data is not None
                 doc["stages"][stage] = bench_queue(data, runs)
             elif stage == "e2e":
-                doc["stages"][stage] = bench_e2e.bench_e2e(e2e_seconds, e2e_search)
+                doc["stages"][stage] = bench_e2e.bench_e2e(e2e_seconds, e2e_search, device)
     if "e2e" in doc["stages"]:
         e2e = doc["stages"]["e2e"]
         e2e["baseline"] = bench_e2e.ceiling(doc["stages"], doc["machine"]["cpus"] or 1)

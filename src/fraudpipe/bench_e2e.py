@@ -133,8 +133,10 @@ def _published(queue: Any) -> int:
     return st.pending + st.claimed + st.done + st.dead
 
 
-def run_phase(warm: Path, work: Path, rate: float, seconds: float) -> dict[str, Any]:
-    """fraudpipe run at `rate` for SETTLE_S + `seconds` + TAIL_S, then its figures."""
+def run_phase(
+    warm: Path, work: Path, rate: float, seconds: float, device: str = "cpu"
+) -> dict[str, Any]:
+    """fraudpipe run --device at `rate` for SETTLE_S + `seconds` + TAIL_S, then its figures."""
     from fraudpipe.config import load_settings
     from fraudpipe.queue import Queue
     from fraudpipe.runner import child_env
@@ -150,7 +152,7 @@ def run_phase(warm: Path, work: Path, rate: float, seconds: float) -> dict[str, 
     spawned = time.time()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            _run_cmd(data, rate, "--replicas", "train=0"),
+            _run_cmd(data, rate, "--replicas", "train=0", "--device", device),
             env=child_env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     try:
@@ -251,9 +253,11 @@ def next_rate(tried: dict[float, dict[str, Any]]) -> float | None:
     return nxt if lo < nxt < hi and nxt not in tried else None
 
 
-def bench_e2e(seconds: float, search_steps: int | None = None) -> dict[str, Any]:
+def bench_e2e(
+    seconds: float, search_steps: int | None = None, device: str = "cpu"
+) -> dict[str, Any]:
     """The latency phases, then `search_steps` of the search (None: SEARCH_STEPS); the highest
-    flat phase as the figure."""
+    flat phase as the figure. device: as `fraudpipe run --device` (the warm-up is on the CPU)."""
     print("bench: e2e warm-up (history and a first model)...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="fraudpipe-bench-e2e-") as tmp:
         work = Path(tmp)
@@ -261,7 +265,7 @@ def bench_e2e(seconds: float, search_steps: int | None = None) -> dict[str, Any]
         tried: dict[float, dict[str, Any]] = {}
 
         def phase(rate: float) -> None:
-            tried[rate] = run_phase(warm, work, rate, seconds)
+            tried[rate] = run_phase(warm, work, rate, seconds, device)
             p = tried[rate]
             print(
                 f"bench: e2e {rate:,.0f} tx/s: scored {p['scored_per_s']:,.0f}/s, latency "

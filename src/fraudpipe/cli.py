@@ -145,6 +145,13 @@ def run(
     dashboard: Annotated[
         bool, typer.Option(help="Serve the dashboard (its URL and token are printed).")
     ] = True,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="cpu, or gpu: preprocess and infer on this machine's GPU (train, gather and "
+            "the dashboard stay on the CPU)"
+        ),
+    ] = "cpu",
 ) -> None:
     """Run the whole pipeline on this machine: every stage as local processes over one folder.
 
@@ -153,12 +160,20 @@ def run(
     2 when a stage refused to start or another run holds the data dir."""
     from fraudpipe.runner import RunError, run_pipeline, shortfall
 
+    if device not in ("cpu", "gpu"):
+        fail(f"--device must be cpu or gpu; got {device!r}")
     settings = settings_from(
         config, data_dir=data_dir, **{"gather.rate": rate, "gather.days": days}
     )
     try:
         summary = run_pipeline(
-            settings, _parse_replicas(replicas or []), duration, drain_timeout, console, dashboard
+            settings,
+            _parse_replicas(replicas or []),
+            duration,
+            drain_timeout,
+            console,
+            dashboard,
+            device,
         )
     except RunError as exc:
         fail(str(exc))

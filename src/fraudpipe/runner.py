@@ -30,6 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fraudpipe.config import STAGES, Settings
+from fraudpipe.devices import DeviceUnavailable, require_device
 from fraudpipe.layout import FEATURES, RAW, RESULTS, TOPICS, Layout
 from fraudpipe.queue import Queue
 from fraudpipe.registry import ModelRegistry
@@ -38,6 +39,10 @@ from fraudpipe.worker import read_status
 
 START_ORDER = ("train", "infer", "preprocess", "gather")  # consumers first
 DASHBOARD = "dashboard"
+# What `run --device=gpu` puts on the GPU: the stages whose kernels run there. train stays on the
+# CPU (its GPU learner is not faster at the pipeline's size: docs/gpu.md), gather and the
+# dashboard are I/O bound.
+GPU_STAGES = ("preprocess", "infer")
 STOP_GRACE_S = 20.0
 RESTART_BACKOFF_S = 1.0
 
@@ -70,6 +75,7 @@ class Supervisor:
     # Stages whose dead workers are restarted; stopping empties it, gather first when draining.
     keep_alive: set[str] = field(default_factory=lambda: {*STAGES, DASHBOARD})
     dashboard: bool = True
+    gpu_stages: frozenset[str] = frozenset()  # the stages run with --device=gpu
 
     def __post_init__(self) -> None:
         d = self.settings.dashboard
@@ -109,7 +115,7 @@ class Supervisor:
             "fraudpipe",
             "worker",
             f"--stage={stage}",
-            "--device=cpu",
+            f"--device={'gpu' if stage in self.gpu_stages else 'cpu'}",
             "--config",
             str(self.config_path),
             f"--supervisor-pid={os.getpid()}",
@@ -371,8 +377,19 @@ def run_pipeline(
     drain_timeout_s: float,
     console: Console,
     dashboard: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    sup = Supervisor(settings, replicas, drain_timeout_s, console, dashboard=dashboard)
+    """device gpu: the stages with a kernel on the GPU (GPU_STAGES) run there, once this
+    machine is shown able to run them (RunError naming what is missing, otherwise)."""
+    gpu = frozenset(GPU_STAGES if device == "gpu" else ())
+    for stage in sorted(gpu):
+        try:
+            require_device(stage, "gpu")
+        except DeviceUnavailable as exc:
+            raise RunError(f"fraudpipe run --device=gpu: {exc}") from None
+    sup = Supervisor(
+        settings, replicas, drain_timeout_s, console, dashboard=dashboard, gpu_stages=gpu
+    )
     interrupted = False
 
     def on_term(signum: int, _frame: object) -> None:

@@ -473,6 +473,7 @@ def run_training(
         "promoted" if verdict.wins else "kept-champion",
         verdict.reason,
         feature_files_skipped=labeled.skipped_files,
+        device={"kind": device.kind, "lightgbm": device.lightgbm_params()},
     )
     version = registry.save(fitted.booster, fitted.onnx_bytes, content)
     reason, metrics = verdict.reason, fitted.metrics
