@@ -6,7 +6,7 @@
 # Every stage of the pipeline runs the same image with the same entrypoint (`fraudpipe`); the
 # Helm chart only passes arguments (`worker --stage=<stage> --device=<cpu|gpu> --config ...`).
 # So there is nothing stage-specific in here: the gpu image is the cpu image plus CUDA and the
-# `gpu` extra (cupy-cuda12x, cudf-cu12, onnxruntime-gpu), used by stages with `device: gpu`.
+# `gpu` extra (cupy-cuda12x) and an OpenCL loader, used by stages with `device: gpu`.
 #
 # Base images are build args, so a mirror or a local image can stand in for them
 # (--build-arg CPU_BASE=... / GPU_BASE=...); the defaults are fully qualified, so podman and
@@ -21,7 +21,7 @@
 # the same base that copies only that venv (its bin/python links to the base's interpreter).
 
 ARG CPU_BASE=docker.io/library/python:3.11-slim-bookworm
-# CUDA 12 runtime (cupy-cuda12x, cudf-cu12 and onnxruntime-gpu<1.27 are CUDA 12 builds).
+# CUDA 12 runtime (cupy-cuda12x is a CUDA 12 build).
 ARG GPU_BASE=docker.io/nvidia/cuda:12.9.1-runtime-ubuntu24.04
 ARG VERSION=0.1.0
 # No URL is recorded in the project yet: pass --build-arg SOURCE_URL=<repository URL>.
@@ -59,12 +59,16 @@ RUN pip install --no-cache-dir . \
 # CUDA images have no Python: install the distribution's python3 (3.12 on Ubuntu 24.04) in a
 # stage that both the gpu build and the gpu image start from, so the venv's interpreter exists.
 # libgomp1: LightGBM's wheel links the system OpenMP runtime (it is not in the wheel).
+# ocl-icd-libopencl1 and nvidia.icd: LightGBM's GPU learner is OpenCL; the NVIDIA container
+# runtime mounts the driver's libnvidia-opencl.so.1, which the ICD file registers.
 FROM ${GPU_BASE} AS gpu-python
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 libgomp1 \
+ && apt-get install -y --no-install-recommends python3 libgomp1 ocl-icd-libopencl1 \
  && apt-get clean \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /etc/OpenCL/vendors \
+ && echo libnvidia-opencl.so.1 > /etc/OpenCL/vendors/nvidia.icd
 
 FROM gpu-python AS gpu-build
 ARG DEBIAN_FRONTEND=noninteractive
@@ -74,10 +78,7 @@ ARG PIP_CERT
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv \
  && rm -rf /var/lib/apt/lists/*
-# onnxruntime (a core dependency) and onnxruntime-gpu ship the same `onnxruntime` module: keep
-# them at the same version (<1.27, the CUDA 12 builds) and let the GPU build's files win.
-RUN echo 'onnxruntime<1.27' > /tmp/constraints.txt
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_CONSTRAINT=/tmp/constraints.txt
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/fraudpipe \
  && /opt/fraudpipe/bin/python -m pip install --no-cache-dir --upgrade pip
 ENV PATH=/opt/fraudpipe/bin:$PATH
@@ -87,8 +88,6 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
  && pip install --no-cache-dir -r /tmp/requirements.txt
 COPY src ./src
 RUN pip install --no-cache-dir ".[gpu]" \
- && python -c "import importlib.metadata as m, sys; a, b = m.version('onnxruntime'), m.version('onnxruntime-gpu'); sys.exit(None if a == b else f'onnxruntime {a} != onnxruntime-gpu {b}: align them in /tmp/constraints.txt')" \
- && pip install --no-cache-dir --no-deps --force-reinstall "onnxruntime-gpu==$(python -c "import importlib.metadata as m; print(m.version('onnxruntime-gpu'))")" \
  && pip check \
  && fraudpipe --help > /dev/null \
  && python -m pip uninstall -y pip setuptools wheel \

@@ -238,8 +238,8 @@ def test_gpu_stages_request_gpus_and_cpu_stages_do_not() -> None:
                 assert "runtimeClassName" not in pod
 
     gpu = case("gpu-runtimeclass").deployments()
-    assert {s for s, d in gpu.items() if _gpu_request(d)} == {"preprocess", "train", "infer"}
-    for stage in ("preprocess", "train", "infer"):
+    assert {s for s, d in gpu.items() if _gpu_request(d)} == {"preprocess", "infer"}
+    for stage in ("preprocess", "infer"):
         pod = gpu[stage]["spec"]["template"]["spec"]
         assert _gpu_request(gpu[stage]) == 1
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
@@ -252,8 +252,13 @@ def test_gpu_stages_request_gpus_and_cpu_stages_do_not() -> None:
         # No rollout may need a second GPU while the old pod still holds one.
         assert gpu[stage]["spec"]["strategy"]["type"] in ("Recreate", "RollingUpdate")
         assert gpu[stage]["spec"]["strategy"].get("rollingUpdate", {}).get("maxSurge", 0) == 0
-    gather = gpu["gather"]["spec"]["template"]["spec"]
-    assert "nodeSelector" not in gather and "tolerations" not in gather
+    for stage in ("gather", "train"):
+        pod = gpu[stage]["spec"]["template"]["spec"]
+        assert "nodeSelector" not in pod and "tolerations" not in pod, stage
+    # Whatever stops a worker starting (a GPU it cannot see) is the pod's termination message.
+    for dep in gpu.values():
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
     one = case("infer-on-gpu").deployments()
     assert {s for s, d in one.items() if _gpu_request(d)} == {"infer"}
@@ -716,6 +721,8 @@ def test_configmap_gives_the_dashboard_its_host_and_port(tmp_path: Path) -> None
     [
         ("stages.infer.replicas=-1", "at '/stages/infer/replicas': minimum: got -1"),
         ("stages.preprocess.device=tpu", "at '/stages/preprocess/device': value must be one of"),
+        ("stages.gather.device=gpu", "at '/stages/gather/device': value must be 'cpu'"),
+        ("stages.dashboard.device=gpu", "at '/stages/dashboard/device': value must be 'cpu'"),
         (
             "persistence.accessMode=ReadWriteSometimes",
             "at '/persistence/accessMode': value must be one of 'ReadWriteMany', 'ReadWriteOnce'",
