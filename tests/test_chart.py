@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -120,6 +121,7 @@ ALLOWED_KINDS = {
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("policy/v1", "PodDisruptionBudget"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
 }
 
 
@@ -255,6 +257,8 @@ def test_gpu_stages_request_gpus_and_cpu_stages_do_not() -> None:
     for stage in ("gather", "train"):
         pod = gpu[stage]["spec"]["template"]["spec"]
         assert "nodeSelector" not in pod and "tolerations" not in pod, stage
+    assert "GPU stages (infer, preprocess) request nvidia.com/gpu" in case("gpu").notes
+    assert "GPU stages" not in case("defaults").notes
     # Whatever stops a worker starting (a GPU it cannot see) is the pod's termination message.
     for dep in gpu.values():
         container = dep["spec"]["template"]["spec"]["containers"][0]
@@ -402,6 +406,94 @@ def test_service_monitor_and_pdb_only_where_the_cluster_serves_them() -> None:
     # Off by default even where the APIs exist.
     default = case("defaults", api_versions=WITH_OPERATOR)
     assert default.kind("ServiceMonitor") == [] and default.kind("PodDisruptionBudget") == []
+
+
+# -- autoscaling (KEDA) -------------------------------------------------------------------------
+
+KEDA_API = ("keda.sh/v1alpha1", *WITH_OPERATOR)
+AUTOSCALED = (
+    "stages.preprocess.autoscaling.enabled=true",
+    "stages.infer.autoscaling.enabled=true",
+    "stages.infer.autoscaling.maxReplicas=6",
+    "autoscaling.prometheus.serverAddress=http://prometheus-operated.monitoring.svc:9090",
+)
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD's structural schema as the API server's strict field validation applies it: an
+    object with declared properties takes no others (unless it preserves unknown fields)."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def _scaled_object_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(
+        (Path(__file__).parent / "crds" / "keda.sh_scaledobjects.yaml").read_text()
+    )
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    schema: dict[str, Any] = _strict(served["schema"]["openAPIV3Schema"])
+    return schema
+
+
+def test_autoscaling_renders_keda_scaled_objects_valid_by_keda_s_own_schema() -> None:
+    on = render(values_from((), AUTOSCALED), api_versions=KEDA_API)
+    scaled = {so["metadata"]["name"]: so for so in on.kind("ScaledObject")}
+    assert set(scaled) == {"fp-fraudpipe-preprocess", "fp-fraudpipe-infer"}  # no singleton
+    validator = jsonschema.Draft7Validator(_scaled_object_schema())
+    for so in scaled.values():
+        errors = sorted(validator.iter_errors(so), key=str)
+        assert not errors, [f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors]
+        assert so["apiVersion"] == "keda.sh/v1alpha1"
+    infer = scaled["fp-fraudpipe-infer"]["spec"]
+    assert infer["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "fp-fraudpipe-infer",
+    }
+    assert (infer["minReplicaCount"], infer["maxReplicaCount"]) == (1, 6)
+    (trigger,) = infer["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metadata"]["threshold"] == "8"
+    assert 'topic="features-ready",state="pending"' in trigger["metadata"]["query"]
+    assert 'namespace="fraud"' in trigger["metadata"]["query"]
+    pre = scaled["fp-fraudpipe-preprocess"]["spec"]["triggers"][0]["metadata"]["query"]
+    assert 'topic="raw-transactions"' in pre
+    # KEDA owns those replicas: the Deployments render none, so an upgrade never resets them.
+    assert "fp-fraudpipe-infer: 1 to 6 replicas (KEDA, on its input's backlog)" in on.notes
+    deployments = on.deployments()
+    assert "replicas" not in deployments["infer"]["spec"]
+    assert "replicas" not in deployments["preprocess"]["spec"]
+    assert deployments["gather"]["spec"]["replicas"] == 1
+
+    off = render(values_from((), AUTOSCALED[3:]), api_versions=KEDA_API)
+    assert off.kind("ScaledObject") == []
+    assert all("replicas" in d["spec"] for d in off.deployments().values())
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (AUTOSCALED[:1], "needs KEDA (API keda.sh/v1alpha1) in the cluster"),
+        (AUTOSCALED[:1], "autoscaling.prometheus.serverAddress"),
+        (("stages.train.autoscaling.enabled=true",), "at '/stages/train/autoscaling'"),
+        (("stages.dashboard.autoscaling.enabled=true",), "at '/stages/dashboard/autoscaling'"),
+        (("stages.infer.autoscaling.minReplicas=0",), "at '/stages/infer/autoscaling/minReplicas'"),
+    ],
+)
+def test_autoscaling_refuses_what_it_cannot_do(sets: tuple[str, ...], expected: str) -> None:
+    with_keda = "serverAddress" in expected
+    with pytest.raises((helm_python.HelmValuesError, helm_python.HelmRenderError)) as err:
+        render(values_from((), sets), api_versions=KEDA_API if with_keda else WITH_OPERATOR)
+    assert expected in str(err.value)
 
 
 # -- security -----------------------------------------------------------------------------------
