@@ -496,6 +496,46 @@ def test_autoscaling_refuses_what_it_cannot_do(sets: tuple[str, ...], expected: 
     assert expected in str(err.value)
 
 
+def test_conventions_helm_users_expect() -> None:
+    """A subchart's `global`, priority classes, spreading a stage's pods, and a claim that
+    outlives the release unless asked otherwise."""
+    spread = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname"}
+    rendered = render(
+        values_from(
+            (),
+            (
+                "global.imageRegistry=registry.example.com",  # an umbrella chart's globals
+                "priorityClassName=fraud-high",
+                "stages.infer.priorityClassName=fraud-top",
+                "--set-json stages.infer.topologySpreadConstraints="
+                + json.dumps([{**spread, "whenUnsatisfiable": "ScheduleAnyway"}]),
+            ),
+        )
+    )
+    pods = {s: d["spec"]["template"]["spec"] for s, d in rendered.deployments().items()}
+    assert pods["infer"]["priorityClassName"] == "fraud-top"
+    assert pods["gather"]["priorityClassName"] == "fraud-high"
+    (constraint,) = pods["infer"]["topologySpreadConstraints"]
+    assert constraint["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "infer"
+    assert "topologySpreadConstraints" not in pods["gather"]
+    (pvc,) = rendered.kind("PersistentVolumeClaim")
+    assert pvc["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    (pvc,) = render(values_from((), ("persistence.keepOnUninstall=false",))).kind(
+        "PersistentVolumeClaim"
+    )
+    assert "annotations" not in pvc["metadata"]
+    for bad, where in (
+        ("priorityClassName=Fraud_High", "at '/priorityClassName'"),
+        (
+            "--set-json stages.infer.topologySpreadConstraints=" + json.dumps([spread]),
+            "missing property 'whenUnsatisfiable'",
+        ),
+    ):
+        with pytest.raises(helm_python.HelmValuesError) as err:
+            render(values_from((), (bad,)))
+        assert where in str(err.value)
+
+
 # -- security -----------------------------------------------------------------------------------
 
 
@@ -1140,6 +1180,10 @@ def test_readme_helm_commands_render_as_documented() -> None:
             readme = (ROOT / "README.md").read_text()
             quoted = "- at '/stages/infer/replicas': minimum: got -1, want 0"
             assert quoted in readme and quoted in str(err.value)
+            continue
+        if "stages.infer.autoscaling.enabled=true" in argv:  # on a cluster that serves KEDA
+            (so,) = render(values, api_versions=KEDA_API).kind("ScaledObject")
+            assert so["spec"]["maxReplicaCount"] == 8
             continue
         deployments = render(values).deployments()
         if "stages.infer.replicas=5" in argv:
