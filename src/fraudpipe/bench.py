@@ -432,14 +432,12 @@ def bench_train(data: Data, runs: int, threads: int, device: str = "cpu") -> dic
 
         return work
 
-    fit = fitting(device)
-
     def plain(done: Callable[[float], None]) -> None:
         params = {**booster_params(train), "num_threads": threads}
         lgb.train(params, lgb.Dataset(X, y), num_boost_round=train.num_boost_round)
 
     cpu = measure(len(X), runs, fitting("cpu")) if device == "gpu" else None
-    ours = measure(len(X), runs, fit)
+    ours = measure(len(X), runs, fitting(device))
     baseline = measure(len(X), runs, plain)
     text = made["booster"].model_to_string()
     started = time.perf_counter()

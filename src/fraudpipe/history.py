@@ -109,8 +109,9 @@ class StreamingFeatures:
             )
         # The batch's rows first (the query), then the entries before it: transaction ids are
         # unique in the log (gather's and replay's), so none of those holds a row of the batch.
-        whole = own.kept_from < own.first  # read for this batch, not cut as another's history
-        mine = own.tx if whole and np.array_equal(own.ids, ids) else tx_columns(batch, xp)
+        # _walk holds the batch's own entry from lo < its first row on: all of its rows, so when
+        # they are the batch's in the batch's order, they are its columns already.
+        mine = own.tx if np.array_equal(own.ids, ids) else tx_columns(batch, xp)
         parts = [mine] + [e.tx for e in chain[1:]]
         inputs = kernel.Inputs(
             **{k: xp.concat([p[k] for p in parts]) for k in mine},

@@ -40,8 +40,8 @@ from fraudpipe.worker import read_status
 START_ORDER = ("train", "infer", "preprocess", "gather")  # consumers first
 DASHBOARD = "dashboard"
 # What `run --device=gpu` puts on the GPU: the stages whose kernels run there. train stays on the
-# CPU (its GPU learner is not faster at the pipeline's size: docs/gpu.md), gather and the
-# dashboard are I/O bound.
+# CPU (its GPU learner has not been measured faster at the pipeline's size: docs/gpu.md), gather
+# and the dashboard are I/O bound.
 GPU_STAGES = ("preprocess", "infer")
 STOP_GRACE_S = 20.0
 RESTART_BACKOFF_S = 1.0
