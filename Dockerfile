@@ -6,7 +6,8 @@
 # Every stage of the pipeline runs the same image with the same entrypoint (`fraudpipe`); the
 # Helm chart only passes arguments (`worker --stage=<stage> --device=<cpu|gpu> --config ...`).
 # So there is nothing stage-specific in here: the gpu image is the cpu image plus CUDA and the
-# `gpu` extra (cupy-cuda12x) and an OpenCL loader, used by stages with `device: gpu`.
+# `gpu` extra (cupy-cuda12x) and an OpenCL loader, used by stages with `device: gpu`. Both
+# install the locked set (requirements/{cpu,gpu}.txt, exported from uv.lock by `make lock`).
 #
 # Base images are build args, so a mirror or a local image can stand in for them
 # (--build-arg CPU_BASE=... / GPU_BASE=...); the defaults are fully qualified, so podman and
@@ -38,16 +39,16 @@ RUN python3 -m venv /opt/fraudpipe \
  && /opt/fraudpipe/bin/python -m pip install --no-cache-dir --upgrade pip
 ENV PATH=/opt/fraudpipe/bin:$PATH
 WORKDIR /src
-# Dependencies first (read from pyproject.toml), in their own layer: editing src/ does not
-# reinstall them.
+# Dependencies first, from the lock (requirements/cpu.txt: every version pinned, every file's
+# hash checked; scripts/lock.py), in their own layer: editing src/ does not reinstall them.
+COPY requirements/cpu.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
- && pip install --no-cache-dir -r /tmp/requirements.txt
 COPY src ./src
-# Non-editable install; then drop pip/setuptools/wheel (build tools) from the venv and
-# byte-compile everything (unchecked-hash .pyc: valid whatever the file times, so a read-only
-# root filesystem never recompiles).
-RUN pip install --no-cache-dir . \
+# Non-editable install of fraudpipe alone (its dependencies are the lock's); then drop
+# pip/setuptools/wheel (build tools) from the venv and byte-compile everything (unchecked-hash
+# .pyc: valid whatever the file times, so a read-only root filesystem never recompiles).
+RUN pip install --no-cache-dir --no-deps . \
  && pip check \
  && fraudpipe --help > /dev/null \
  && python -m pip uninstall -y pip setuptools wheel \
@@ -83,11 +84,11 @@ RUN python3 -m venv /opt/fraudpipe \
  && /opt/fraudpipe/bin/python -m pip install --no-cache-dir --upgrade pip
 ENV PATH=/opt/fraudpipe/bin:$PATH
 WORKDIR /src
+COPY requirements/gpu.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu']))" > /tmp/requirements.txt \
- && pip install --no-cache-dir -r /tmp/requirements.txt
 COPY src ./src
-RUN pip install --no-cache-dir ".[gpu]" \
+RUN pip install --no-cache-dir --no-deps . \
  && pip check \
  && fraudpipe --help > /dev/null \
  && python -m pip uninstall -y pip setuptools wheel \

@@ -18,16 +18,26 @@ HELM_ARGS ?=
 # $(call need,TOOL,where to get it): stop with a clear message when TOOL is not installed.
 need = @command -v $(1) >/dev/null 2>&1 || { echo "error: '$(1)' is not installed (needed by 'make $@'): $(2)" >&2; exit 127; }
 
-.PHONY: install run test test-fast test-gpu lint format bench soak clean \
+.PHONY: install lock audit run test test-fast test-gpu lint format bench soak clean \
 	chart-test chart-schema image image-gpu kind-up kind-down deploy e2e
 
-$(BIN)/fraudpipe: pyproject.toml
+# Installs are the lock's (scripts/lock.py): every version pinned, every file hashed.
+$(BIN)/fraudpipe: pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
-install: $(BIN)/fraudpipe ## create .venv and install fraudpipe with its dev tools
+install: $(BIN)/fraudpipe ## create .venv and install fraudpipe with its dev tools, from the lock
+
+LOCK_ARGS ?=
+lock: install ## re-resolve uv.lock from pyproject.toml and export requirements/ (LOCK_ARGS=--upgrade: newest releases)
+	$(PY) scripts/lock.py $(LOCK_ARGS)
+
+AUDIT_ARGS ?=
+audit: install ## the locked set against the OSV vulnerability database (report: test-artifacts/audit/)
+	$(PY) scripts/audit.py $(AUDIT_ARGS)
 
 run: install ## run the whole pipeline locally (Ctrl-C stops)
 	$(BIN)/fraudpipe run --data-dir $(DATA)
@@ -48,7 +58,7 @@ test-fast: install ## skip the whole-pipeline tests
 	$(BIN)/pytest -m "not slow"
 
 test-gpu: install ## on a machine with an NVIDIA GPU: the gpu extra, then the GPU tests beside their CPU twins
-	$(PY) -m pip install --quiet -e '.[gpu,dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.txt -r requirements/gpu.txt
 	$(BIN)/pytest -m gpu -rs
 	$(BIN)/pytest -rs tests/test_devices.py tests/test_forest.py
 	$(BIN)/fraudpipe bench --device gpu --stage preprocess --stage infer --stage train
