@@ -16,6 +16,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tests.chart import (
     CHART,
     KUBE_VERSIONS,
     NAMESPACE,
+    RELEASE,
     ROOT,
     Rendered,
     deep_merge,
@@ -105,6 +107,10 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "dashboard-hosts": ((), ("dashboard.allowedHosts={fraud.example.com,.corp.example}",)),
 }
+# The chart's own examples (chart/ci/, the chart-testing convention): every test over CASES
+# renders, lints and validates them too.
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+CASES.update({f"ci/{p.name}": ((str(p.relative_to(ROOT)),), ()) for p in CI_VALUES})
 # What a cluster with the Prometheus operator serves (for the gated ServiceMonitor).
 WITH_OPERATOR = ("monitoring.coreos.com/v1", "policy/v1", "apps/v1", "v1")
 # apiVersion/kind pairs the chart may emit: GA APIs served by every supported version.
@@ -119,6 +125,7 @@ ALLOWED_KINDS = {
     ("rbac.authorization.k8s.io/v1", "Role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("networking.k8s.io/v1", "Ingress"),
     ("policy/v1", "PodDisruptionBudget"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("keda.sh/v1alpha1", "ScaledObject"),
@@ -127,6 +134,8 @@ ALLOWED_KINDS = {
 
 def case(name: str, **kw: Any) -> Rendered:
     files, sets = CASES[name]
+    if name.startswith("ci/"):  # the examples are for clusters that serve what they use
+        kw.setdefault("api_versions", KEDA_API)
     return render(values_from(files, sets), **kw)
 
 
@@ -162,12 +171,17 @@ def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_document_validates_strictly_on_every_supported_version(name: str) -> None:
-    rendered = case(name, api_versions=WITH_OPERATOR)
+    rendered = case(name, api_versions=KEDA_API)
     assert rendered.kind("Deployment")
+    keda = jsonschema.Draft7Validator(_scaled_object_schema())
     for doc in rendered.docs:
         assert (doc["apiVersion"], doc["kind"]) in ALLOWED_KINDS, doc["kind"]
         if doc["kind"] == "ServiceMonitor":
             continue  # a CRD: no schema in kubernetes-validate; checked in its own test
+        if doc["kind"] == "ScaledObject":  # a CRD: KEDA's own published schema
+            errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in keda.iter_errors(doc)]
+            assert not errors, errors
+            continue
         for version in KUBE_VERSIONS:
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
@@ -505,7 +519,7 @@ def test_conventions_helm_users_expect() -> None:
             (),
             (
                 "global.imageRegistry=registry.example.com",  # an umbrella chart's globals
-                "priorityClassName=fraud-high",
+                "stageDefaults.priorityClassName=fraud-high",
                 "stages.infer.priorityClassName=fraud-top",
                 "--set-json stages.infer.topologySpreadConstraints="
                 + json.dumps([{**spread, "whenUnsatisfiable": "ScheduleAnyway"}]),
@@ -525,7 +539,7 @@ def test_conventions_helm_users_expect() -> None:
     )
     assert "annotations" not in pvc["metadata"]
     for bad, where in (
-        ("priorityClassName=Fraud_High", "at '/priorityClassName'"),
+        ("stageDefaults.priorityClassName=Fraud_High", "at '/stageDefaults/priorityClassName'"),
         (
             "--set-json stages.infer.topologySpreadConstraints=" + json.dumps([spread]),
             "missing property 'whenUnsatisfiable'",
@@ -855,6 +869,14 @@ def test_configmap_gives_the_dashboard_its_host_and_port(tmp_path: Path) -> None
         ("stages.preprocess.device=tpu", "at '/stages/preprocess/device': value must be one of"),
         ("stages.gather.device=gpu", "at '/stages/gather/device': value must be 'cpu'"),
         ("stages.dashboard.device=gpu", "at '/stages/dashboard/device': value must be 'cpu'"),
+        ("stages.dashboard.gpus=1", "at '/stages/dashboard/gpus': 'not' failed"),
+        ("stageDefaults.replicas=2", "at '/stageDefaults': additional properties 'replicas'"),
+        ("stageDefaults.probes.liveness.periodSeconds=0", "at '/stageDefaults/probes/liveness"),
+        ("dashboard.ingress.enabled=true", "at '/dashboard/ingress/hosts': minItems: got 0"),
+        (
+            "dashboard.ingress.enabled=true,dashboard.ingress.hosts={Fraud.Example.com}",
+            "at '/dashboard/ingress/hosts/0': 'Fraud.Example.com' does not match pattern",
+        ),
         (
             "persistence.accessMode=ReadWriteSometimes",
             "at '/persistence/accessMode': value must be one of 'ReadWriteMany', 'ReadWriteOnce'",
@@ -1198,3 +1220,128 @@ def test_chart_app_version_is_the_package_version() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f'\nversion = "{chart["appVersion"]}"\n' in pyproject
+
+
+# -- stageDefaults, the dashboard's Ingress, the chart's README and package -------------------
+
+
+def test_stage_defaults_reach_every_stage_and_a_stages_own_keys_win(tmp_path: Path) -> None:
+    rendered = case("ci/stage-overrides-values.yaml")
+    pods = {s: d["spec"]["template"]["spec"] for s, d in rendered.deployments().items()}
+    assert set(pods) == {"gather", "preprocess", "train", "infer", "dashboard"}
+    for stage, pod in pods.items():
+        (container,) = pod["containers"]
+        assert _env(container)["FRAUDPIPE_LOG__LEVEL"]["value"] == "INFO", stage
+        annotations = rendered.deployments()[stage]["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["team"] == "fraud", stage
+        own = stage == "train"
+        # A stage's map merges over the default's key by key; its list replaces the default's.
+        assert pod["nodeSelector"] == {"pool": "fraud-train" if own else "fraud"}, stage
+        assert ("tolerations" in pod) is not own, stage
+        assert container["livenessProbe"]["failureThreshold"] == 10, stage
+        assert container["livenessProbe"]["periodSeconds"] == (30 if own else 10), stage
+        assert container["readinessProbe"]["failureThreshold"] == 3, stage
+        # false replaces true (a plain sprig merge would keep the default's true).
+        assert container["securityContext"]["readOnlyRootFilesystem"] is not own, stage
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}, stage
+        assert pod["securityContext"]["runAsNonRoot"] is True, stage
+    (test_pod,) = rendered.kind("Pod")
+    assert test_pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    # The config the workers read is the same whatever the stage defaults.
+    assert load_settings(_config_file(rendered, tmp_path)).log.level == "INFO"
+
+
+def test_the_dashboard_ingress_routes_its_hosts_and_the_dashboard_answers_them(
+    tmp_path: Path,
+) -> None:
+    assert case("defaults").kind("Ingress") == []
+    rendered = case("ci/flashblade-values.yaml")
+    (ingress,) = rendered.kind("Ingress")
+    assert ingress["metadata"]["name"] == "fp-fraudpipe-dashboard"
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [
+        {"secretName": "fraud-dashboard-tls", "hosts": ["fraud.example.com"]}
+    ]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "fraud.example.com"
+    (path,) = rule["http"]["paths"]
+    service = rendered.get("Service", "fp-fraudpipe-dashboard")
+    assert path["backend"]["service"] == {
+        "name": service["metadata"]["name"],
+        "port": {"name": service["spec"]["ports"][0]["name"]},
+    }
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    settings = load_settings(_config_file(rendered, tmp_path))
+    assert host_allowed("fraud.example.com", allowed_hosts(settings.dashboard))
+    # Off, its hosts are not answered to; without the dashboard there is no Ingress.
+    off = render(
+        values_from(("chart/ci/flashblade-values.yaml",), ("dashboard.ingress.enabled=false",)),
+        api_versions=KEDA_API,
+    )
+    settings = load_settings(_config_file(off, tmp_path))
+    assert not host_allowed("fraud.example.com", allowed_hosts(settings.dashboard))
+    assert off.kind("Ingress") == []
+    gone = render(
+        values_from(("chart/ci/flashblade-values.yaml",), ("stages.dashboard.enabled=false",)),
+        api_versions=KEDA_API,
+    )
+    assert gone.kind("Ingress") == []
+
+
+def _chart_readme() -> Any:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import chart_readme
+
+    return chart_readme
+
+
+def test_the_chart_readme_is_generated_from_the_values_comments() -> None:
+    generator = _chart_readme()
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values_yaml = (CHART / "values.yaml").read_text()
+    readme = (CHART / "README.md").read_text()
+    assert readme == generator.render(values_yaml, chart), "stale: run `make chart-readme`"
+    assert "| `stageDefaults.probes` | object |" in readme
+    assert "| `dashboard.ingress.hosts` | list | `[]` |" in readme
+    undocumented = values_yaml.replace("    port: 80\n", "    port: 80\n    nodePort: 30080\n")
+    assert undocumented != values_yaml
+    with pytest.raises(SystemExit, match=r"`dashboard\.service\.nodePort` has no `# --` comment"):
+        generator.render(undocumented, chart)
+
+
+def test_the_chart_packages_and_the_package_installs_as_the_folder_does(tmp_path: Path) -> None:
+    archive = Path(helm_python.package(CHART, destination=tmp_path))
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert archive.name == f"fraudpipe-{chart['version']}.tgz"
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {"fraudpipe/README.md", "fraudpipe/values.schema.json"} <= names
+    assert "fraudpipe/dashboards/fraudpipe.json" in names  # the Grafana ConfigMap reads it
+    assert not [n for n in names if n.startswith("fraudpipe/ci/")]
+    values = values_from(("values-kind.yaml",))
+    out = helm_python.Chart.load(archive).render(
+        values, name=RELEASE, namespace=NAMESPACE, is_install=True
+    )
+    docs = [
+        d
+        for path, text in sorted(out.items())
+        if not path.endswith("NOTES.txt")
+        for d in yaml.safe_load_all(text)
+        if d
+    ]
+    key = json.dumps
+    assert sorted(map(key, _without_random_token(docs))) == sorted(
+        map(key, _without_random_token(render(values).docs))
+    )
+
+
+def test_kube_version_is_what_the_tests_run_against() -> None:
+    """kubeVersion's floor is the oldest Kubernetes a test installs on (the e2e cluster built
+    from Debian 12's kubernetes 1.20, where `helm install` checks it), below every version the
+    documents are validated against; no ceiling, so a new minor release installs."""
+    floor = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    assert floor == ">=1.20.0-0"
+    assert all(tuple(map(int, v.split("."))) > (1, 20) for v in KUBE_VERSIONS)
+    for version in ("1.20.5", *(f"{v}.0" for v in KUBE_VERSIONS)):
+        assert render(kube_version=version).kind("Deployment"), version

@@ -95,12 +95,14 @@ app.kubernetes.io/component: {{ .stage }}
 {{- end }}
 
 {{/* The Host names the dashboard answers to, as JSON: what `kubectl port-forward` sends
-(localhost, 127.0.0.1, [::1]), its Service's in-cluster names, then dashboard.allowedHosts. */}}
+(localhost, 127.0.0.1, [::1]), its Service's in-cluster names, then dashboard.allowedHosts and
+the Ingress's hosts. */}}
 {{- define "fraudpipe.dashboardHosts" -}}
 {{- $svc := include "fraudpipe.stageName" (dict "root" . "stage" "dashboard") }}
 {{- $ns := .Release.Namespace }}
 {{- $own := list "localhost" "127.0.0.1" "[::1]" $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) }}
-{{- concat $own .Values.dashboard.allowedHosts | uniq | toJson }}
+{{- $ingress := ternary .Values.dashboard.ingress.hosts list .Values.dashboard.ingress.enabled }}
+{{- concat $own .Values.dashboard.allowedHosts $ingress | uniq | toJson }}
 {{- end }}
 
 {{/* Deployment name by stage, for every enabled stage the dashboard may scale, as JSON
@@ -119,4 +121,28 @@ must not be able to scale away the dashboard it is using, nor scale it up. */}}
 {{/* The Secret holding the dashboard's token (key `token`): the user's own or the chart's. */}}
 {{- define "fraudpipe.dashboardSecretName" -}}
 {{- default (printf "%s-dashboard" (include "fraudpipe.fullname" .)) .Values.dashboard.existingSecret }}
+{{- end }}
+
+{{/* Maps merged as Helm merges values: `over`'s keys win, maps merge key by key, lists and
+scalars are replaced (a stage's false or 0 or [] replaces the default too, unlike sprig's
+merge). Call with (dict "base" MAP "over" MAP); returns JSON. */}}
+{{- define "fraudpipe.merged" -}}
+{{- $out := deepCopy .base }}
+{{- range $key, $value := .over }}
+{{- $base := get $out $key }}
+{{- if and (kindIs "map" $value) (kindIs "map" $base) }}
+{{- $_ := set $out $key (include "fraudpipe.merged" (dict "base" $base "over" $value) | fromJson) }}
+{{- else }}
+{{- $_ := set $out $key $value }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* A stage's effective values: stageDefaults under stages.<stage>, and its device ("cpu" for
+the stages that have none). Call with (dict "root" $ "stage" "infer"); returns JSON. */}}
+{{- define "fraudpipe.stageValues" -}}
+{{- $s := include "fraudpipe.merged" (dict "base" .root.Values.stageDefaults "over" (index .root.Values.stages .stage)) | fromJson }}
+{{- $_ := set $s "device" (default "cpu" $s.device) }}
+{{- toJson $s }}
 {{- end }}
