@@ -19,7 +19,8 @@ HELM_ARGS ?=
 need = @command -v $(1) >/dev/null 2>&1 || { echo "error: '$(1)' is not installed (needed by 'make $@'): $(2)" >&2; exit 127; }
 
 .PHONY: install lock audit run test test-fast test-gpu lint format bench soak clean \
-	chart-test chart-schema image image-gpu kind-up kind-down deploy e2e
+	chart-test chart-schema chart-readme chart-package image image-gpu kind-up kind-down deploy \
+	e2e e2e-clean
 
 # Installs are the lock's (scripts/lock.py): every version pinned, every file hashed.
 $(BIN)/fraudpipe: pyproject.toml requirements/dev.txt
@@ -78,8 +79,18 @@ chart-test: install ## the chart tests only (real Helm engine, strict Kubernetes
 e2e: install ## the chart in a real cluster: kind if installed, else one built here (hack/, root)
 	PYTEST=$(abspath $(BIN))/pytest hack/e2e.sh
 
+e2e-clean: ## remove what make e2e left here: its cache (GBs), last cluster, deb-src entry, packages
+	hack/clean.sh
+
 chart-schema: install ## regenerate the `config` part of chart/values.schema.json
 	$(BIN)/python scripts/chart_schema.py
+
+chart-readme: install ## regenerate chart/README.md from the `# --` comments of chart/values.yaml
+	$(BIN)/python scripts/chart_readme.py
+
+chart-package: install ## helm package: dist/fraudpipe-<version>.tgz (Helm's own engine)
+	@mkdir -p dist
+	$(BIN)/python -c "import helm_python; print(helm_python.package('chart', destination='dist'))"
 
 image: ## build the CPU image $(IMAGE):$(VERSION)
 	$(call need,$(DOCKER),https://docs.docker.com/get-docker/ (or DOCKER=podman))

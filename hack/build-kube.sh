@@ -15,7 +15,7 @@ fi
 
 if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
   log "adding a deb-src entry for bookworm (apt-get source needs one)"
-  tee /etc/apt/sources.list.d/fraudpipe-e2e-src.sources >/dev/null <<'SRC'
+  tee "$DEB_SRC" >/dev/null <<'SRC'
 Types: deb-src
 URIs: http://deb.debian.org/debian
 Suites: bookworm

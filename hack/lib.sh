@@ -23,7 +23,12 @@ if [ "$(id -u)" -ne 0 ]; then
   exec sudo -E bash "$0" "$@"
 fi
 
-# apt_install PKG...: install what is missing, quietly.
+# What the scripts add to the host outside $CACHE and $RUN, for hack/clean.sh to take back: the
+# packages apt_install installed (never those that were there before) and the deb-src entry.
+HOST_STATE="/var/lib/fraudpipe-e2e"
+DEB_SRC="/etc/apt/sources.list.d/fraudpipe-e2e-src.sources"
+
+# apt_install PKG...: install what is missing, quietly, and record it in $HOST_STATE/packages.
 apt_install() {
   local missing=()
   for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -31,4 +36,5 @@ apt_install() {
   log "apt-get install ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  mkdir -p "$HOST_STATE" && printf '%s\n' "${missing[@]}" >>"$HOST_STATE/packages"
 }
