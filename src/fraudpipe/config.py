@@ -367,7 +367,13 @@ _FILE_DATA: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextV
 
 
 class _FileSource(PydanticBaseSettingsSource):
-    """The YAML file's values, read once by load_settings (below the environment)."""
+    """The YAML file's values, read once by load_settings (below the environment).
+
+    Not pydantic-settings' own YamlConfigSettingsSource: given a path that does not exist it
+    returns nothing, so a mistyped `--config` would run on defaults; a file holding a list
+    fails with a bare TypeError. load_settings reads and checks the file itself (exit 2,
+    naming the file) and hands the mapping to this source.
+    """
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return (_FILE_DATA.get() or {}).get(field_name), field_name, False
