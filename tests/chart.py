@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "chart"
 RELEASE, NAMESPACE = "fp", "fraud"
 # Kubernetes versions every rendered document must validate against (strict schemas).
-KUBE_VERSIONS = ("1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33")
+KUBE_VERSIONS = tuple(f"1.{minor}" for minor in range(27, 38))  # 1.27 .. 1.37
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
