@@ -15,6 +15,7 @@ from fraudpipe.config import TrainSettings
 from fraudpipe.model import export_onnx, train_booster
 from fraudpipe.registry import (
     VERSION_RE,
+    AmbiguousVersionError,
     ModelRegistry,
     RegistryError,
     UnknownVersionError,
@@ -248,3 +249,59 @@ def test_model_promote_refuses_a_truncated_onnx(tmp_path: Path, model: tuple) ->
     assert registry.current() is None
     fraudpipe("model", "promote", good, *args, check=True)
     assert registry.current() == good
+
+
+def test_a_prefix_or_the_dashboards_short_id_names_a_version(tmp_path: Path, model: tuple) -> None:
+    registry = ModelRegistry(tmp_path / "models", fsync=False)
+    v1, v2 = save(registry, model), save(registry, model)
+    short = v2.rpartition("-")[2]  # what the dashboard shows
+    assert registry.resolve(v1) == v1 and registry.resolve(short) == v2
+    assert registry.resolve(v1[:-1]) == v1  # a prefix of the whole name
+    with pytest.raises(AmbiguousVersionError, match=f"{v1}, {v2}"):
+        registry.resolve(v1[:8])  # the same day: both
+    with pytest.raises(UnknownVersionError):
+        registry.resolve("zzz")
+    args = ["--data-dir", str(tmp_path)]
+    assert f"current model: {v2}" in fraudpipe("model", "promote", short, *args, check=True).stdout
+    assert registry.current() == v2
+    assert f'"version": "{v1}"' in fraudpipe("model", "show", v1[:-1], *args, check=True).stdout
+    ambiguous = fraudpipe("model", "show", v1[:8], *args)
+    assert ambiguous.returncode == 2 and v1 in ambiguous.stderr and v2 in ambiguous.stderr
+    assert fraudpipe("model", "promote", "zzz", *args).returncode == 1
+    assert registry.current() == v2
+
+
+def test_model_ls_shows_whole_ids_and_the_comparison_promotion_used(
+    tmp_path: Path, model: tuple
+) -> None:
+    """At 80 columns (a pipe, a narrow terminal) every id is whole and on one line, and each
+    row says how the champion of the time scored on that row's own holdout; reasons follow."""
+    registry = ModelRegistry(tmp_path / "models", fsync=False)
+    first = save(
+        registry,
+        model,
+        metrics={"roc_auc": 0.91, "average_precision": 0.7},
+        champion={"version": None, "metrics": None},
+        decision="promoted",
+        reason="first model: there is no champion yet",
+    )
+    second = save(
+        registry,
+        model,
+        metrics={"roc_auc": 0.89, "average_precision": 0.66},  # lower, on harder weeks
+        champion={"version": first, "metrics": {"average_precision": 0.6123}},
+        decision="promoted",
+        reason="challenger average precision 0.6600 vs champion 0.6123: the challenger wins",
+    )
+    registry.promote(second, "trained")
+    out = fraudpipe("model", "ls", "--data-dir", str(tmp_path), env={"COLUMNS": "80"}, check=True)
+    lines = out.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines[:3]), out.stdout  # the table fits
+    one, two = (next(line for line in lines if v in line) for v in (first, second))
+    assert one.split() == [first, "0.9100", "0.7000", "none", "promoted"], out.stdout
+    assert two.split() == ["*", second, "0.8900", "0.6600", short(first), "0.6123", "promoted"]
+    assert f"{short(second)}: challenger average precision 0.6600 vs" in out.stdout
+
+
+def short(version: str) -> str:
+    return version.rpartition("-")[2]

@@ -781,36 +781,81 @@ def _registry(config: Path | None, data_dir: Path | None) -> Any:
     return ModelRegistry(Layout(settings_from(config, data_dir=data_dir).data_dir).models)
 
 
-def _metric(manifest: dict[str, Any], key: str) -> str:
-    value = (manifest.get("metrics") or {}).get(key)
+def _metric(metrics: dict[str, Any] | None, key: str) -> str:
+    value = (metrics or {}).get(key)
     return "unknown" if value is None else f"{value:.4f}"
+
+
+def _short(version: str | None) -> str:
+    """The short id the dashboard shows (the version's random suffix)."""
+    return "" if version is None else version.rpartition("-")[2]
+
+
+def _compared(manifest: dict[str, Any]) -> str:
+    """The champion's average precision on this version's holdout: what promotion compared."""
+    champion = manifest.get("champion") or {}
+    if not champion.get("version"):
+        return "none"
+    if not champion.get("metrics"):
+        return f"{_short(champion['version'])} not compared"
+    return f"{_short(champion['version'])} {_metric(champion['metrics'], 'average_precision')}"
+
+
+def _resolve(reg: Any, ref: str) -> str:
+    """The version a full name or unique prefix names (the dashboard's short id too); an
+    ambiguous one exits 2 naming the candidates, an unknown one exits 1."""
+    from fraudpipe.registry import AmbiguousVersionError, RegistryError
+
+    try:
+        version: str = reg.resolve(ref)
+    except AmbiguousVersionError as exc:
+        fail(str(exc), 2)
+    except RegistryError as exc:
+        fail(str(exc), 1)
+    return version
 
 
 @model_app.command("ls")
 def model_ls(data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Every model version with its holdout metrics and the promotion decision."""
+    """Every model version (* the current one) with its holdout metrics and the promotion
+    decision, then each decision's reason.
+
+    A version's id begins with the UTC time it was created; its last six characters are the
+    short id the dashboard shows. AUC and AP are each version's own holdout; "champion AP" is
+    the champion of the time on that same holdout, the comparison the decision used (two
+    rows' own figures come from different weeks and do not compare).
+    """
     reg = _registry(config, data_dir)
     current = reg.current()
-    table = Table("", "version", "created", "AUC", "AP", "decision")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("", "version", "AUC", "AP", "champion AP", "decision"):
+        table.add_column(name, no_wrap=True)  # whole ids at any width: reasons wrap below
+    reasons = []
     for v in reg.versions():
         m = reg.manifest(v)
-        decision = f"{m.get('decision', '')}: {m.get('reason', '')}"
         table.add_row(
             "*" if v == current else "",
             v,
-            str(m.get("created_at", ""))[:19],
-            _metric(m, "roc_auc"),
-            _metric(m, "average_precision"),
-            decision,
+            _metric(m.get("metrics"), "roc_auc"),
+            _metric(m.get("metrics"), "average_precision"),
+            _compared(m),
+            str(m.get("decision", "")),
         )
+        reasons.append(f"{_short(v)}: {m.get('reason', 'no reason recorded')}")
     console.print(table)
     if current is None:
         console.print("no model promoted yet")
+    if reasons:
+        console.print("\nwhy each was decided:")
+        for line in reasons:
+            console.print(line, highlight=False)
 
 
 @model_app.command("show")
 def model_show(
-    version: Annotated[str | None, typer.Argument()] = None,
+    version: Annotated[
+        str | None, typer.Argument(help="A version, a unique prefix, or its short id.")
+    ] = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
@@ -818,7 +863,7 @@ def model_show(
     from fraudpipe.registry import RegistryError
 
     reg = _registry(config, data_dir)
-    version = version or reg.current()
+    version = _resolve(reg, version) if version else reg.current()
     if version is None:
         fail("no model promoted yet; `fraudpipe model ls` lists versions", 1)
     try:
@@ -834,11 +879,14 @@ def model_promote(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Make VERSION current (infer picks it up between batches)."""
+    """Make VERSION current (infer picks it up between batches); a unique prefix or the
+    dashboard's short id names it too."""
     from fraudpipe.registry import RegistryError
 
+    reg = _registry(config, data_dir)
+    version = _resolve(reg, version)
     try:
-        _registry(config, data_dir).promote(version, reason)
+        reg.promote(version, reason)
     except RegistryError as exc:
         fail(str(exc), 1)
     console.print(f"current model: {version}")

@@ -58,6 +58,10 @@ class UnknownVersionError(RegistryError, LookupError):
     """No model version of that name exists."""
 
 
+class AmbiguousVersionError(RegistryError, LookupError):
+    """A short id that more than one version starts with."""
+
+
 class UnusableVersionError(RegistryError):
     """A version that exists but cannot score: a file missing, cut short, or inconsistent."""
 
@@ -127,6 +131,29 @@ class ModelRegistry:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if VERSION_RE.match(p.name))
+
+    def resolve(self, ref: str) -> str:
+        """The version ref names: its full name, a prefix of it, or a prefix of its random
+        suffix (the short id the dashboard shows: "97cdbf" of 20261204T183909.492325Z-97cdbf).
+
+        Raises UnknownVersionError when none matches and AmbiguousVersionError, naming the
+        candidates, when several do."""
+        versions = self.versions()
+        if ref in versions:
+            return ref
+        found = [
+            v
+            for v in versions
+            if ref and (v.startswith(ref) or v.rpartition("-")[2].startswith(ref))
+        ]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise AmbiguousVersionError(
+                f"{ref!r} names {len(found)} model versions ({', '.join(found)}): give more of it"
+            )
+        known = ", ".join(versions) or "none"
+        raise UnknownVersionError(f"unknown model version {ref!r} under {self.root} ({known})")
 
     def current(self) -> str | None:
         """The version models/current points at, or None before the first promotion."""
