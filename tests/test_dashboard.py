@@ -221,6 +221,14 @@ def test_page_updates_from_the_websocket_shows_reasons_and_refuses_without_token
     features = {r["feature"] for a in alerts for r in a["reasons"]}
     assert chip.split(" ")[0] in features
     assert all(len(a["reasons"]) == 3 for a in alerts)
+    # Recall is over the labeled frauds (alerted or not), and its caption counts those.
+    wait_text(page, "#recall-caption", re.compile(r"^of [\d,]+ labeled frauds / "), 120)
+
+    # Locally the Scale buttons are off, saying why; only Pause is offered while running.
+    assert all(page.is_disabled(f"#scale-{stage}-button") for stage in ("gather", "infer"))
+    assert "Kubernetes API" in (page.text_content("#scale-hint") or "")
+    assert "Kubernetes API" in (page.get_attribute("#scale-infer-button", "title") or "")
+    assert page.is_disabled("#resume-button") and page.is_enabled("#pause-button")
 
     # Controls without the token: refused by the server, said on the page, nothing changes.
     page.click("#pause-button")
@@ -238,7 +246,8 @@ def test_page_updates_from_the_websocket_shows_reasons_and_refuses_without_token
     page.wait_for_selector("#control-result.ok")
     assert json.loads((run.data / "control" / "generation.json").read_text())["paused"] is True
     wait_text(page, "#warnings li", "paused")
-    page.click("#resume-button")
+    assert page.is_disabled("#pause-button")
+    page.click("#resume-button")  # waits for the button to be enabled by the paused snapshot
     wait_text(page, "#control-result", "running")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)

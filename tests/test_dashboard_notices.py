@@ -1,9 +1,11 @@
-"""The dashboard's warnings, from real queue folders and real scored batches on a volume.
+"""The dashboard's reading of a volume: its warnings, latency, alerts and drift, from real queue
+folders and real scored batches.
 
 The collector is driven through sequences of backlogs and latencies (batches published,
 claimed and acknowledged with the queue's own operations, scored rows written where infer
 writes them); each notice must be raised when its condition holds and must not flip while the
-value hovers at its bound.
+value hovers at its bound. What the page says beside the numbers (rows that waited through a
+stop, the newest alerts first, what drifted and whether it can yet) is read from the same files.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import time
 from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 
 from fraudpipe.config import Settings, load_settings
+from fraudpipe.control import set_generation
 from fraudpipe.dashboard.cluster import ClusterView
 from fraudpipe.dashboard.collect import Collector
+from fraudpipe.dashboard.drift import read_drift
 from fraudpipe.dashboard.payload import Notice
 from fraudpipe.layout import FEATURES, RAW, RESULTS, Layout
 from fraudpipe.queue import Topic, make_id
@@ -48,18 +53,27 @@ class Volume:
             assert claim is not None and topic.ack(claim)
         assert len(topic.pending()) == n
 
-    def score(self, rows: int, latency_s: float) -> None:
-        """A scored batch, as infer publishes it: rows that took latency_s from entry."""
+    def score(
+        self,
+        rows: int,
+        latency_s: float,
+        *,
+        alert: bool = False,
+        ts: dt.datetime = dt.datetime(2018, 4, 1),
+    ) -> list[int]:
+        """A scored batch, as infer publishes it: rows that took latency_s from entry, all at
+        transaction time ts; their transaction ids."""
         now = time.time()
+        ids = [next(_SEQ) for _ in range(rows)]
         df = pl.DataFrame(
             {
-                "transaction_id": [next(_SEQ) for _ in range(rows)],
-                "ts": [dt.datetime(2018, 4, 1)] * rows,
+                "transaction_id": ids,
+                "ts": [ts] * rows,
                 "customer_id": [1] * rows,
                 "terminal_id": [1] * rows,
                 "amount": [10.0] * rows,
-                "score": [0.1] * rows,
-                "is_alert": [False] * rows,
+                "score": [0.9 if alert else 0.1] * rows,
+                "is_alert": [alert] * rows,
                 "model_version": ["v1"] * rows,
                 "scored_at": [now] * rows,
                 "latency_ms": [latency_s * 1000] * rows,
@@ -67,6 +81,21 @@ class Volume:
         )
         msg_id = make_id(int(now * 1000), "test", next(_SEQ))
         assert self.topic(RESULTS).publish(msg_id, df) is not None
+        return ids
+
+    def worker(self, stage: str, **doc: Any) -> dict[str, Any]:
+        """A live worker's status file, as the worker writes it."""
+        self.layout.status.mkdir(parents=True, exist_ok=True)
+        status = {
+            "pid": 1,
+            "host": "node-a",
+            "worker": f"{stage}-1",
+            "stage": stage,
+            "heartbeat_at": time.time() + 60,
+            **doc,
+        }
+        (self.layout.status / f"{stage}.json").write_text(json.dumps(status))
+        return status
 
 
 @pytest.fixture
@@ -162,21 +191,93 @@ def test_every_warning_condition_shows_a_notice(volume: Volume) -> None:
 def test_a_worker_held_up_or_refusing_a_model_is_shown(volume: Volume) -> None:
     """What a live worker's status says holds it up (a full volume; a model it cannot load)
     is a notice, with its reason: otherwise the page would only show a stall."""
-    status = volume.layout.status
-    status.mkdir(parents=True)
-    base = {"pid": 1, "host": "node-a", "heartbeat_at": time.time() + 60}
-    docs = {
-        "preprocess": {"blocked": "ENOSPC: No space left on device (/data/state/features)"},
-        "infer": {
-            "model_version": "v1",
-            "model_refused": {"version": "v2", "reason": "model version v2 cannot score"},
-        },
-    }
-    for stage, extra in docs.items():
-        doc = {**base, "worker": f"{stage}-1", "stage": stage, **extra}
-        (status / f"{stage}.json").write_text(json.dumps(doc))
+    volume.worker("preprocess", blocked="ENOSPC: No space left on device (/data/state/features)")
+    volume.worker(
+        "infer",
+        model_version="v1",
+        model_refused={"version": "v2", "reason": "model version v2 cannot score"},
+    )
     collector = Collector(volume.settings, ClusterView(env={}))
     [held] = _notices(collector, "preprocess on node-a is held up by the volume: ENOSPC")
     [refused] = _notices(collector, "infer on node-a refuses model v2")
     assert held.level == refused.level == "critical"
     assert "it scores with v1" in refused.message
+
+
+def test_latency_counts_the_rows_that_waited_through_a_restart(volume: Volume) -> None:
+    """Rows queued before gather (re)started and scored after it keep their real latency, and
+    are counted so the page can say the figures include the stop; rows scored before the
+    restart, or entered after it, are not counted."""
+    collector = Collector(volume.settings, ClusterView(env={}))
+    volume.score(100, latency_s=0.5)
+    first = collector.snapshot().latency
+    assert first.resumed_at is None and first.before_resume == 0  # no gather seen: unknown
+    volume.worker("gather", started_at=time.time() - 30)
+    volume.score(300, latency_s=600)  # entered 10 min ago, before gather's start
+    volume.score(200, latency_s=0.5)  # entered after it
+    volume.score(40, latency_s=30.2)  # stamped within gather's first batch interval after it
+    lat = collector.snapshot().latency
+    assert volume.settings.gather.batch_interval_s == 0.5
+    assert lat.resumed_at is not None and lat.rows == 640
+    assert lat.before_resume == 300
+    assert lat.p99_ms is not None and lat.p99_ms >= 600_000  # the wait stays in the figures
+
+
+def test_latency_counts_a_resume_from_the_dashboard(volume: Volume) -> None:
+    collector = Collector(volume.settings, ClusterView(env={}))
+    set_generation(volume.layout, paused=True)
+    assert collector.snapshot().latency.resumed_at is None
+    set_generation(volume.layout, paused=False)
+    volume.score(50, latency_s=120)
+    lat = collector.snapshot().latency
+    assert lat.resumed_at is not None and lat.before_resume == 50
+
+
+def test_newest_alerts_come_first_in_transaction_time_and_id(volume: Volume) -> None:
+    """Rows of one batch share their scored_at (the old sort key): the order is by transaction
+    time, then id, newest first, whatever order the batches were written in."""
+    collector = Collector(volume.settings, ClusterView(env={}))
+    late = volume.score(3, latency_s=1, alert=True, ts=dt.datetime(2018, 4, 2, 10))
+    early = volume.score(3, latency_s=1, alert=True, ts=dt.datetime(2018, 4, 2, 9))
+    volume.score(20, latency_s=1)  # not alerts
+    alerts = collector.snapshot().detection.recent_alerts
+    assert [a.transaction_id for a in alerts] == sorted(late, reverse=True) + sorted(
+        early, reverse=True
+    )
+
+
+DRIFT = {
+    "at": 1.0,
+    "reference_version": "v1",
+    "score_psi": 0.05,
+    "max_feature_psi": 0.41,
+    "feature": "terminal_risk_30d",
+    "psi_max": 0.25,
+}
+
+
+@pytest.mark.parametrize(
+    ("first_ts", "warming", "shown"),
+    [
+        ("2018-06-01T00:00:00", False, 0.41),  # 61 days in: full 37-day histories
+        ("2018-04-20T00:00:00", True, None),  # 19 days in: its 30-day features are short
+    ],
+)
+def test_drift_names_what_drifted_its_limit_and_the_warm_up(
+    volume: Volume, first_ts: str, warming: bool, shown: float | None
+) -> None:
+    settings = volume.settings
+    assert settings.gather.simulator.start_date == dt.date(2018, 4, 1)
+    doc = {**DRIFT, "reference": {"first_ts": first_ts}}
+    workers = [{"stage": "train", "drift": doc}]
+    view = read_drift(settings, volume.layout, "v1", workers)
+    assert (view.feature, view.psi_max, view.warming_up, view.drift) == (
+        "terminal_risk_30d", 0.25, warming, shown,
+    )  # fmt: skip
+    if warming:
+        assert view.why is not None and "warming up" in view.why and "2018-05-08" in view.why
+    other = read_drift(settings, volume.layout, "v2", workers)  # a newer champion
+    assert other.drift is None and other.why is not None and "not the current v2" in other.why
+    assert read_drift(settings, volume.layout, "v1", []).why == (
+        "no live train worker: drift is measured by the train stage"
+    )

@@ -79,8 +79,22 @@ class ClusterView:
         )
 
     @property
-    def can_scale(self) -> bool:
-        return self.in_cluster and bool(self.deployments) and bool(self.namespace)
+    def scale_why(self) -> str | None:
+        """Why scaling is unavailable here (None: it is available): the page disables its
+        buttons with this text, and a scale request is refused with it."""
+        if not self.in_cluster:
+            return (
+                "scaling needs the Kubernetes API: run the dashboard in the cluster "
+                "(locally, use `fraudpipe run --replicas STAGE=N`)"
+            )
+        needs = (("K8S_DEPLOYMENTS", self.deployments), ("POD_NAMESPACE", self.namespace))
+        missing = [name for name, value in needs if not value]
+        if missing:
+            return (
+                f"scaling needs {' and '.join(missing)} in the dashboard's environment "
+                "(the chart sets them)"
+            )
+        return None
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         req = urllib.request.Request(
@@ -120,11 +134,9 @@ class ClusterView:
         return PodMetrics("available", None, by_pod)
 
     def scale(self, stage: str, replicas: int) -> str:
-        if not self.can_scale:
-            raise ScaleError(
-                "scaling needs the Kubernetes API: run the dashboard in the cluster "
-                "(locally, use `fraudpipe run --replicas STAGE=N`)"
-            )
+        why = self.scale_why
+        if why is not None:
+            raise ScaleError(why)
         name = self.deployments.get(stage)
         if name is None:
             raise ScaleError(f"stage {stage!r} has no Deployment in this release", 422)

@@ -8,7 +8,10 @@ Sources, all on the shared volume (plus the Kubernetes metrics API in a cluster)
 - the labels in the event log (state/log/labels), as they arrive: precision and recall of the
   alerts whose outcome is known;
 - models/: the current version, its manifest and promotion;
-- the train worker's status file: drift of recent traffic against the champion's window.
+- the train worker's status file: drift of recent traffic against the champion's window
+  (read by dashboard.drift);
+- control/generation.json and gather's heartbeat: when generation last resumed, so latency
+  can say which of its rows waited through a stop.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from fraudpipe.config import STAGES, Settings
 from fraudpipe.control import GENERATION, read_generation
 from fraudpipe.dashboard import payload as p
 from fraudpipe.dashboard.cluster import ClusterView
+from fraudpipe.dashboard.drift import read_drift
 from fraudpipe.layout import FEATURES, RAW, TOPICS, Layout
 from fraudpipe.queue import SUFFIX, Topic
 from fraudpipe.registry import ModelRegistry, RegistryError
@@ -109,6 +113,8 @@ class Collector:
         self._held: set[str] = set()  # notices raised and not yet cleared (see _raised)
         self.history: deque[p.HistoryPoint] = deque()
         self._model_cache: p.ModelState | None = None
+        self._paused: bool | None = None  # generation's state at the last snapshot
+        self._resumed_at: float | None = None  # when the dashboard saw it resume
 
     # -- reading what happened -----------------------------------------------------------------
 
@@ -198,9 +204,9 @@ class Collector:
         backlog = self._backlog()
         at, lat = self._recent(now)  # the rows scored in the last WINDOW_S, read once
         throughput = self._throughput(workers, at, now)
-        latency = self._latency(lat)
-        detection = self._detection(at, now)
         generation = read_generation(self.layout.control / GENERATION)
+        latency = self._latency(at, lat, self._resumed(workers, generation.paused))
+        detection = self._detection(at, now)
         snap = p.Snapshot(
             at=now,
             throughput=throughput,
@@ -213,7 +219,8 @@ class Collector:
             cluster=p.Cluster(mode=self.cluster.mode, metrics_api=pods.status, detail=pods.detail),
             controls=p.Controls(
                 enabled=self.settings.dashboard.token is not None,
-                scale_available=self.cluster.can_scale,
+                scale_available=self.cluster.scale_why is None,
+                scale_why=self.cluster.scale_why,
                 generation_paused=generation.paused,
                 generation_rate=generation.rate,
                 configured_rate=self.settings.gather.rate,
@@ -246,11 +253,52 @@ class Collector:
         scored = int((at >= now - RATE_WINDOW_S).sum())
         return p.Throughput(stages=stages, end_to_end_rows_per_s=scored / self._window(now))
 
-    def _latency(self, lat: np.ndarray) -> p.Latency:
+    def _resumed(self, workers: list[dict[str, Any]], paused: bool) -> float | None:
+        """When generation last resumed: gather's start (a restart resumes the stream where
+        it stopped) or the dashboard's resume (seen as paused, then not), whichever is later.
+        Rows that entered before it and are scored after it waited through the stop."""
+        if self._paused and not paused:
+            self._resumed_at = _mtime(self.layout.control / GENERATION) or time.time()
+        self._paused = paused
+        starts = [
+            float(w["started_at"])
+            for w in workers
+            if w.get("stage") == "gather" and isinstance(w.get("started_at"), int | float)
+        ]
+        found = [t for t in (*starts, self._resumed_at) if t is not None]
+        return max(found) if found else None
+
+    def _latency(self, at: np.ndarray, lat: np.ndarray, resumed_at: float | None) -> p.Latency:
+        """Percentiles over every row of the window, including those that waited through a
+        stop (entered before the resume, scored after it): leaving them out would hide a wait
+        they really had; they are counted instead. Gather stamps a batch's rows as arriving
+        evenly over the batch interval before it publishes, so its first batch after a resume
+        reaches back that far: only rows older than that came before the stop."""
+        before = 0
+        if resumed_at is not None:
+            entered = at - lat / 1000
+            cut = resumed_at - self.settings.gather.batch_interval_s
+            before = int(((entered < cut) & (at >= resumed_at)).sum())
         if not lat.size:
-            return p.Latency(window_s=WINDOW_S, rows=0, p50_ms=None, p95_ms=None, p99_ms=None)
+            return p.Latency(
+                window_s=WINDOW_S,
+                rows=0,
+                p50_ms=None,
+                p95_ms=None,
+                p99_ms=None,
+                resumed_at=resumed_at,
+                before_resume=0,
+            )
         p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
-        return p.Latency(window_s=WINDOW_S, rows=int(lat.size), p50_ms=p50, p95_ms=p95, p99_ms=p99)
+        return p.Latency(
+            window_s=WINDOW_S,
+            rows=int(lat.size),
+            p50_ms=p50,
+            p95_ms=p95,
+            p99_ms=p99,
+            resumed_at=resumed_at,
+            before_resume=before,
+        )
 
     def _detection(self, at: np.ndarray, now: float) -> p.Detection:
         alerts = [s.alerts for s in self._scored if s.alerts.height]
@@ -264,7 +312,7 @@ class Collector:
         newest = (
             []
             if recent is None
-            else recent.sort("scored_at", descending=True)
+            else recent.sort(["ts", "transaction_id"], descending=True)
             .head(self.settings.dashboard.recent_alerts)
             .to_dicts()
         )
@@ -285,6 +333,7 @@ class Collector:
             alert_rate=n_alerts / at.size if at.size else None,
             recent_alerts=[_alert(a) for a in newest],
             labeled_alerts=tp + fp,
+            labeled_frauds=tp + fn,
             precision=tp / (tp + fp) if tp + fp else None,
             recall=tp / (tp + fn) if tp + fn else None,
             quality_why=why or (None if tp + fp and tp + fn else "no labeled alert or fraud yet"),
@@ -457,8 +506,16 @@ class Collector:
         version = self.registry.current()
         if self._model_cache is None or self._model_cache.version != version:
             self._model_cache = self._read_model(version)
-        drift, why = _drift(version, workers)
-        return self._model_cache.model_copy(update={"drift": drift, "drift_why": why})
+        d = read_drift(self.settings, self.layout, version, workers)
+        return self._model_cache.model_copy(
+            update={
+                "drift": d.drift,
+                "drift_feature": d.feature,
+                "drift_psi_max": d.psi_max,
+                "drift_warming_up": d.warming_up,
+                "drift_why": d.why,
+            }
+        )
 
     def _read_model(self, version: str | None) -> p.ModelState:
         why = "no model promoted yet: drift is measured against the champion's training window"
@@ -471,6 +528,9 @@ class Collector:
                 metrics={},
                 threshold=None,
                 drift=None,
+                drift_feature=None,
+                drift_psi_max=None,
+                drift_warming_up=None,
                 drift_why=why,
             )
         try:
@@ -494,6 +554,9 @@ class Collector:
             metrics=metrics,
             threshold=float(threshold) if threshold is not None else None,
             drift=None,
+            drift_feature=None,
+            drift_psi_max=None,
+            drift_warming_up=None,
             drift_why=why,
         )
 
@@ -527,30 +590,6 @@ class Collector:
         )
         while self.history and self.history[0].at < snap.at - self.settings.dashboard.history_s:
             self.history.popleft()
-
-
-def _drift(version: str | None, workers: list[dict[str, Any]]) -> tuple[float | None, str | None]:
-    """(drift, why not measured): the larger of the score PSI and the largest feature PSI, from
-    the freshest measurement of a live train worker against the current champion."""
-    if version is None:
-        return None, "no model promoted yet: drift is measured against the champion's window"
-    docs = [w["drift"] for w in workers if w.get("stage") == "train" and w.get("drift")]
-    if not any(w.get("stage") == "train" for w in workers):
-        return None, "no live train worker: drift is measured by the train stage"
-    if not docs:
-        return None, "the train worker has not measured drift yet"
-    doc = max(docs, key=lambda d: float(d.get("at") or 0.0))
-    if doc.get("why"):
-        return None, str(doc["why"])
-    if doc.get("reference_version") != version:
-        return None, (
-            f"drift was last measured against {doc.get('reference_version')}, not the current "
-            f"{version}; the train worker measures again shortly"
-        )
-    found = [float(v) for v in (doc.get("score_psi"), doc.get("max_feature_psi")) if v is not None]
-    if not found:
-        return None, "the train worker reported no PSI"
-    return max(found), None
 
 
 def _mtime(path: Path) -> float:

@@ -30,13 +30,26 @@ class Throughput(_Model):
 
 
 class Latency(_Model):
-    """Stream entry (created_at) to score, over the rows scored in the last `window_s`."""
+    """Stream entry (created_at) to score, over the rows scored in the last `window_s`.
+
+    Rows that entered before generation last resumed are kept in the percentiles (they did
+    wait that long) and counted in `before_resume`, so the page can say that the figures
+    include the time the pipeline stood still.
+    """
 
     window_s: float
     rows: int
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
+    resumed_at: float | None = Field(
+        description="Wall-clock epoch seconds generation last resumed (gather started, or "
+        "was resumed from the dashboard) as far as the dashboard knows; null: not seen."
+    )
+    before_resume: int = Field(
+        description="Rows of the window that entered the stream before resumed_at and were "
+        "scored after it: their latency includes the time the pipeline was stopped."
+    )
 
 
 class TopicBacklog(_Model):
@@ -74,8 +87,17 @@ class Detection(_Model):
     quality_window_s: float = Field(description="Labels arrived in this window count.")
     alerts_per_s: float
     alert_rate: float | None = Field(description="Alerts / scored rows in the window.")
-    recent_alerts: list[Alert]
-    labeled_alerts: int = Field(description="Alerts in the window whose label has arrived.")
+    recent_alerts: list[Alert] = Field(
+        description="Newest transaction time first; ties (rows of one batch) by transaction "
+        "id, highest first."
+    )
+    labeled_alerts: int = Field(
+        description="Alerts whose label arrived in the window: precision's denominator."
+    )
+    labeled_frauds: int = Field(
+        description="Frauds whose label arrived in the window (alerted or not): recall's "
+        "denominator."
+    )
     precision: float | None = Field(description="Among labeled alerts: share that were fraud.")
     recall: float | None = Field(description="Among labeled frauds: share that were alerted.")
     quality_why: str | None = Field(description="Why precision/recall are null, if they are.")
@@ -91,9 +113,23 @@ class ModelState(_Model):
     drift: float | None = Field(
         description="Population stability index of recent traffic vs the champion's training "
         "window: the larger of the score's PSI and the largest feature PSI (the train stage "
-        "measures it; > train.drift_psi_max triggers a training)."
+        "measures it; > train.drift_psi_max triggers a training). Null when not measured, or "
+        "while the windows are warming up (the number would compare unlike features)."
     )
-    drift_why: str | None
+    drift_feature: str | None = Field(
+        description='What has that PSI: "score" or the name of the feature.'
+    )
+    drift_psi_max: float | None = Field(
+        description="train.drift_psi_max, the PSI above which train retrains (null: never)."
+    )
+    drift_warming_up: bool | None = Field(
+        description="True: the champion's training window starts before the features' "
+        "lookback (the longest window plus the terminal delay) has passed since the stream "
+        "began, so its rows lack a full history; null: unknown (drift_why says why)."
+    )
+    drift_why: str | None = Field(
+        description="Why drift is null, or why drift_warming_up is unknown; null otherwise."
+    )
 
 
 class WorkerState(_Model):
@@ -119,6 +155,7 @@ class Cluster(_Model):
 class Controls(_Model):
     enabled: bool = Field(description="False: no token is configured; the page is read-only.")
     scale_available: bool = Field(description="Scaling needs the Kubernetes API (cluster only).")
+    scale_why: str | None = Field(description="Why scaling is unavailable; null when it is.")
     generation_paused: bool
     generation_rate: float | None = Field(description="Rate set from the dashboard, if any.")
     configured_rate: float = Field(description="gather.rate of the configuration (rows/s).")

@@ -191,6 +191,14 @@ const FIXED_COLORS = {
 /**
  * A small time-series chart on a canvas. `extract(point)` returns {seriesName: number|null};
  * a missing or null value is a gap. Crisp on high-DPI screens, redrawn on resize.
+ *
+ * Why hand-drawn rather than a vendored charting library (uPlot, Chart.js): the page needs
+ * three line charts with gaps and a legend, about 150 lines here. A library would be a
+ * minified file of tens of kilobytes in the package that `make lock` does not pin by hash and
+ * `make audit` (pip-audit, Python only) does not check, updated by hand; and what the page
+ * must get right (a null is a gap, never a zero; points further apart than GAP_S are not
+ * joined) would be that library's options instead of code the browser test reads. Revisit
+ * if the page needs zoom, tooltips or many more series.
  */
 class LineChart {
   constructor(canvas, legend, store, extract, { format = fmtCompact, order = [], integer = false } = {}) {
@@ -493,7 +501,12 @@ function renderTiles(s) {
   const latWhy = isNum(lat.rows) && lat.rows === 0
     ? `no rows scored in the last ${fmtNum(lat.window_s)} s`
     : null;
-  const latCaption = `${fmtNum(lat.rows)} rows / ${fmtNum(lat.window_s)} s`;
+  // Rows that entered before generation resumed waited through the stop: they stay in the
+  // percentiles (that wait was real) and the caption says so.
+  const waited = isNum(lat.before_resume) && lat.before_resume > 0
+    ? `, ${fmtNum(lat.before_resume)} waited through a stop (resumed ${fmtClock(lat.resumed_at)})`
+    : "";
+  const latCaption = `${fmtNum(lat.rows)} rows / ${fmtNum(lat.window_s)} s${waited}`;
   for (const q of ["p50", "p95", "p99"]) {
     const [text, unit] = fmtDuration(lat[`${q}_ms`]);
     setTile(`latency-${q}`, text, latWhy, latCaption, unit);
@@ -507,9 +520,9 @@ function renderTiles(s) {
     `of scored rows / ${detWindowShort}`);
 
   const qWhy = det.quality_why;
-  const qCaption = `${fmtNum(det.labeled_alerts)} labeled alerts / ${fmtNum(det.quality_window_s)} s`;
-  setTile("precision", fmtPct(det.precision), qWhy, qCaption);
-  setTile("recall", fmtPct(det.recall), qWhy, qCaption);
+  const qWindow = `${fmtNum(det.quality_window_s)} s`;
+  setTile("precision", fmtPct(det.precision), qWhy, `of ${fmtNum(det.labeled_alerts)} labeled alerts / ${qWindow}`);
+  setTile("recall", fmtPct(det.recall), qWhy, `of ${fmtNum(det.labeled_frauds)} labeled frauds / ${qWindow}`);
 }
 
 /* ------------------------------------------------------------------ render: tables */
@@ -617,10 +630,15 @@ function renderModel(s) {
   $("model-threshold").textContent = isNum(m.threshold) ? m.threshold.toFixed(4) : DASH;
 
   const drift = $("model-drift");
+  const limit = isNum(m.drift_psi_max) ? `retrains above ${m.drift_psi_max.toFixed(2)}` : "never retrains on drift";
   if (isNum(m.drift)) {
-    setValue(drift, m.drift.toFixed(4), null);
+    setValue(drift, `${m.drift.toFixed(4)} (${m.drift_feature ?? "unnamed"}); ${limit}`, null);
+    drift.classList.toggle("late", isNum(m.drift_psi_max) && m.drift > m.drift_psi_max);
   } else {
-    setValue(drift, `not measured: ${m.drift_why || "no reason given"}`, m.drift_why);
+    // While warming up, drift_why starts with "warming up:" and names the dates.
+    const why = m.drift_warming_up === true ? m.drift_why : `not measured: ${m.drift_why || "no reason given"}`;
+    setValue(drift, `${why}; ${limit}`, m.drift_why);
+    drift.classList.remove("late");
   }
 
   const entries = Object.entries(m.metrics ?? {});
@@ -669,12 +687,22 @@ function renderControlsState(s) {
   const scaleGroup = $("scale-group");
   const hint = $("scale-hint");
   const scaleOff = c.scale_available === false;
+  const scaleWhy = c.scale_why || `scaling is unavailable (mode: ${s.cluster?.mode ?? "unknown"})`;
   scaleGroup.classList.toggle("unavailable", scaleOff);
   hint.hidden = !scaleOff;
-  hint.textContent = scaleOff ? `scaling needs the Kubernetes API (mode: ${s.cluster?.mode ?? "unknown"})` : "";
+  hint.textContent = scaleOff ? scaleWhy : "";
   for (const stage of CONTROL_STAGES) {
-    $(`scale-${stage}-button`).title = scaleOff ? "scaling needs the Kubernetes API" : `set ${stage} replicas`;
+    const button = $(`scale-${stage}-button`);
+    button.disabled = scaleOff;
+    button.title = scaleOff ? scaleWhy : `set ${stage} replicas`;
+    $(`scale-${stage}-replicas`).disabled = scaleOff;
   }
+  // Only the action that changes something is offered: Pause while running, Resume while paused.
+  const paused = c.generation_paused;
+  $("pause-button").disabled = paused === true;
+  $("pause-button").title = paused === true ? "generation is paused" : "stop generating transactions";
+  $("resume-button").disabled = paused === false;
+  $("resume-button").title = paused === false ? "generation is running" : "generate transactions again";
 
   const gen = $("generation-state");
   const rate = isNum(c.generation_rate)
