@@ -16,9 +16,11 @@ from fraudpipe.config import FeatureSettings
 from fraudpipe.evaluate import (
     EvaluationError,
     Window,
+    ap_at_chance,
     card_precision_at_k,
     ceiling,
     choose_window,
+    fold_windows,
     known_compromised_mask,
     unrevealed_frauds,
 )
@@ -249,6 +251,7 @@ def test_evaluate_end_to_end_in_handbook_columns(
     assert out["published"]["tuned XGBoost"]["average_precision"] == 0.687
     assert out["ceiling"] == {
         "roc_auc": None,
+        "average_precision": None,
         "why": "the data carries no fraud_scenario (the simulator's truth)",
     }
 
@@ -284,6 +287,7 @@ def test_evaluate_gives_the_ceiling_on_simulator_truth(
     out = json.loads(fraudpipe(*args, "--input", str(noisy), "--json", check=True).stdout)
     assert out["ceiling"] == {
         "roc_auc": None,
+        "average_precision": None,
         "why": "fraud_scenario disagrees with is_fraud (noisy labels)",
     }
     table = fraudpipe(*args, "--input", str(noisy), env={"COLUMNS": "200"}, check=True).stdout
@@ -355,3 +359,90 @@ def test_evaluate_bad_input_exits_2_naming_the_problem(
     assert "too few days for the protocol" in proc.stderr and "14 days" in proc.stderr
     for line in (proc.stderr, missing.stderr):
         assert "Traceback" not in line
+
+
+# -- folds and the average precision ceiling ----------------------------------------------------
+
+
+def test_folds_start_at_the_handbook_one_test_length_apart() -> None:
+    first, last = D(2018, 4, 1), D(2018, 9, 30)  # the simulator's 183 days
+    window = choose_window(first, last, folds=4)
+    starts = [w.train_start for w in fold_windows(window, 4)]
+    assert starts == [D(2018, 7, 25), D(2018, 8, 1), D(2018, 8, 8), D(2018, 8, 15)]
+    assert fold_windows(window, 4)[-1].end == D(2018, 9, 5)
+    # four folds need 42 days: the latest that fit end on the data's last day
+    late = choose_window(first, D(2018, 9, 1), folds=4)
+    assert fold_windows(late, 4)[-1].end == D(2018, 9, 2)
+    with pytest.raises(EvaluationError, match=r"needs 42 days \(4 folds of 7 train"):
+        choose_window(first, D(2018, 5, 1), folds=4)
+    with pytest.raises(EvaluationError, match="folds must be at least 1"):
+        choose_window(first, last, folds=0)
+
+
+def test_ap_ceiling_is_the_mean_over_every_placement_at_chance() -> None:
+    """Against every placement of 2 frauds at chance among 3 genuine rows, below 2 frauds
+    ranked first, scored by the same average precision the metrics use."""
+    from itertools import combinations
+
+    from fraudpipe.model import average_precision
+
+    first, at_chance, genuine = 2, 2, 3
+    exact = []
+    for places in combinations(range(at_chance + genuine), at_chance):
+        below = np.zeros(at_chance + genuine, dtype=np.int8)
+        below[list(places)] = 1
+        y = np.concatenate([np.ones(first, np.int8), below])
+        exact.append(average_precision(y, -np.arange(len(y), dtype=np.float64)))
+    mean, sd = ap_at_chance(first, at_chance, genuine, draws=4000)
+    assert mean == pytest.approx(np.mean(exact), abs=4 * np.std(exact) / 4000**0.5)
+    assert sd == pytest.approx(np.std(exact), rel=0.1)
+    assert ap_at_chance(5, 0, 100) == (1.0, 0.0)  # every fraud revealed: a perfect ranking
+
+
+@pytest.fixture(scope="module")
+def year(tmp_path_factory: pytest.TempPathFactory, small: tuple[Path, Path]) -> Path:
+    """183 simulated days (the simulator's default span) of the small dataset's population."""
+    config, _ = small
+    out = tmp_path_factory.mktemp("year") / "tx.parquet"
+    fraudpipe("simulate", "--output", str(out), "--config", str(config), check=True)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("columns", "suffix"),
+    [("ours", ".parquet"), ("handbook", ".csv"), ("handbook", ".parquet")],
+)
+def test_evaluate_four_folds_gives_means_spreads_and_ceilings(
+    small: tuple[Path, Path], year: Path, tmp_path: Path, columns: str, suffix: str
+) -> None:
+    config, _ = small
+    path = year
+    if columns == "handbook":  # TX_FRAUD_SCENARIO is the handbook's name for the truth
+        names = {**HANDBOOK_COLUMNS, "fraud_scenario": "TX_FRAUD_SCENARIO"}
+        data = pl.read_parquet(year).rename(names)
+        path = tmp_path / f"handbook{suffix}"
+        data.write_csv(path) if suffix == ".csv" else data.write_parquet(path)
+    args = ("evaluate", "--input", str(path), "--config", str(config), "--folds", "4")
+    out = json.loads(fraudpipe(*args, "--json", check=True).stdout)
+    folds, summary = out["folds"], out["summary"]
+    assert [f["window"]["train"][0] for f in folds] == [
+        "2018-07-25", "2018-08-01", "2018-08-08", "2018-08-15",
+    ]  # fmt: skip
+    for name in ("roc_auc", "average_precision", "card_precision_at_100"):
+        values = [f["metrics"][name] for f in folds]
+        assert summary[name]["mean"] == pytest.approx(np.mean(values))
+        assert summary[name]["std"] == pytest.approx(np.std(values, ddof=1))
+    for f in folds:
+        bound = f["ceiling"]
+        assert 0 < bound["unrevealed_frauds"] < f["test"]["n_fraud"]
+        assert 0.5 < bound["roc_auc"] < 1 and 0 < bound["average_precision"] < 1
+        assert bound["average_precision_sd"] > 0
+    ceiling_ap = [f["ceiling"]["average_precision"] for f in folds]
+    assert summary["ceiling_average_precision"]["mean"] == pytest.approx(np.mean(ceiling_ap))
+    assert out["published"]["tuned XGBoost"]["average_precision"] == 0.687
+
+    table = fraudpipe(*args, env={"COLUMNS": "220"}, check=True).stdout
+    assert "handbook protocol, 4 folds" in table and "tuned XGBoost" in table
+    ap = summary["average_precision"]
+    assert f"{ap['mean']:.3f} ± {ap['std']:.3f}" in table
+    assert "ceilings (simulator truth)" in table

@@ -543,13 +543,25 @@ def evaluate_file(
         int, typer.Option(min=0, help="Days between train and test; labels arrive this late.")
     ] = 7,
     test_days: Annotated[int, typer.Option(min=1)] = 7,
+    folds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Successive windows, each test_days after the one before (the handbook's "
+            "prequential protocol: 4); prints each, and the mean ± std over them.",
+        ),
+    ] = 1,
     tune: Tune = False,
     tune_trials: TuneTrials = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     config: ConfigFile = None,
 ) -> None:
     """Run the fraud handbook's evaluation protocol on a labeled transactions file and compare
-    with its published results (features and model as the pipeline's, from the config)."""
+    with its published results (features and model as the pipeline's, from the config).
+
+    On data with the simulator's truth (fraud_scenario, or the handbook's TX_FRAUD_SCENARIO)
+    it also prints the ceilings no model can pass: ROC AUC and average precision with the
+    frauds no arrived label can reveal ranked at chance."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from fraudpipe import evaluate as ev
@@ -565,6 +577,7 @@ def evaluate_file(
             train_days=train_days,
             gap_days=gap_days,
             test_days=test_days,
+            folds=folds,
         )
         with Progress(
             TextColumn("{task.description}"),
@@ -592,9 +605,9 @@ def evaluate_file(
                     description=f"tuning: best validation AP {best:.4f}",
                 )
 
-            result = ev.evaluate_protocol(
+            result = ev.evaluate_folds(
                 data,
-                window,
+                ev.fold_windows(window, folds),
                 settings.features,
                 settings.train,
                 tune_trials=trials,
@@ -604,12 +617,19 @@ def evaluate_file(
             )
     except ev.EvaluationError as exc:
         fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(result.as_dict()))
+    if folds > 1:
+        if as_json:
+            typer.echo(json.dumps(result.as_dict()))
+            return
+        console.print(ev.folds_table(result))
         return
-    console.print(ev.table(result))
-    if "tuning" in result.info["train"]:
-        console.print(_trials_table(result.info["train"]["tuning"]))
+    (only,) = result.folds
+    if as_json:
+        typer.echo(json.dumps(only.as_dict()))
+        return
+    console.print(ev.table(only))
+    if "tuning" in only.info["train"]:
+        console.print(_trials_table(only.info["train"]["tuning"]))
 
 
 # -- fraudpipe queue ---------------------------------------------------------------------------

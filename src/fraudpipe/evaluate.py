@@ -14,13 +14,21 @@ Le Borgne et al., "Reproducible Machine Learning for Credit Card Fraud Detection
   test row of day T is removed when its customer has a fraud with ts >= train_start and
   label_ts < T (midnight), which is what :func:`known_compromised_mask` computes;
 - metrics on what remains: ROC AUC, average precision, and card precision@100
-  (:func:`card_precision_at_k`).
+  (:func:`card_precision_at_k`);
+- with ``folds``, the handbook's prequential validation (chapter 5): that many windows, each
+  starting one test length (7 days) after the one before (from 2018-07-25: 07-25, 08-01,
+  08-08, 08-15 for four), each fold's model trained on its own training days only, and the
+  mean and sample standard deviation of each figure over folds (:class:`Folds`). The
+  features are computed once for every fold: a row's depend only on what came before it.
 
 On the simulator's own output (a ``fraud_scenario`` that agrees with every label) the
 evaluation also gives the ROC AUC no model can pass, in expectation (:func:`ceiling`): the
 frauds of a terminal compromised so recently that none of its frauds' labels has arrived look
 exactly like genuine payments, since the compromised terminals are drawn at random. Ranked at
-chance, as they must be, they cap the AUC at 1 - (their share of the test frauds) / 2.
+chance, as they must be, they cap the AUC at 1 - (their share of the test frauds) / 2, and the
+average precision at that of a ranking with every other fraud first and those at random
+places among the genuine rows (:func:`ap_at_chance`: the mean over seeded random placements).
+The handbook's own files carry the same truth as ``TX_FRAUD_SCENARIO``.
 
 The model is the pipeline's own (:func:`fraudpipe.model.train_booster` with the train
 settings), early-stopped on the last ``valid_days`` of the training window and then refitted on
@@ -55,6 +63,8 @@ if TYPE_CHECKING:
 
 HANDBOOK_TRAIN_START = dt.date(2018, 7, 25)
 TOP_K = 100
+AP_DRAWS = 1000  # random placements behind the average precision ceiling
+METRICS = ("roc_auc", "average_precision", "card_precision_at_100")
 
 # Published test results of the handbook (ROC AUC, average precision, card precision@100).
 PUBLISHED: dict[str, tuple[float, float, float]] = {
@@ -113,34 +123,48 @@ def choose_window(
     train_days: int = 7,
     gap_days: int = 7,
     test_days: int = 7,
+    folds: int = 1,
 ) -> Window:
-    """The protocol's window on data covering first_day..last_day (whole days).
+    """The protocol's (first) window on data covering first_day..last_day (whole days).
 
-    Without train_start: the handbook's 2018-07-25 when the data covers its window, else the
-    latest start that still fits (the test ends on the data's last day).
+    Without train_start: the handbook's 2018-07-25 when the data covers its window (each of
+    the ``folds`` windows, see :func:`fold_windows`), else the latest start that still fits
+    (the last test ends on the data's last day).
     """
     for name, value, least in (
         ("train days", train_days, 1),
         ("gap days", gap_days, 0),
         ("test days", test_days, 1),
+        ("folds", folds, 1),
     ):
         if value < least:
             raise EvaluationError(f"{name} must be at least {least}, got {value}")
-    span = dt.timedelta(days=train_days + gap_days + test_days)
+    span = dt.timedelta(days=train_days + gap_days + test_days + (folds - 1) * test_days)
+    after_last = last_day + dt.timedelta(days=1)
     if train_start is None:
-        fits = first_day <= HANDBOOK_TRAIN_START and HANDBOOK_TRAIN_START + span <= last_day + (
-            dt.timedelta(days=1)
-        )
-        train_start = HANDBOOK_TRAIN_START if fits else last_day + dt.timedelta(days=1) - span
+        fits = first_day <= HANDBOOK_TRAIN_START and HANDBOOK_TRAIN_START + span <= after_last
+        train_start = HANDBOOK_TRAIN_START if fits else after_last - span
     window = Window(train_start, train_days, gap_days, test_days)
-    if train_start < first_day or window.end > last_day + dt.timedelta(days=1):
+    if train_start < first_day or train_start + span > after_last:
+        parts = f"{train_days} train + {gap_days} gap + {test_days} test"
+        if folds > 1:
+            parts = f"{folds} folds of {parts}, each {test_days} days after the one before"
         raise EvaluationError(
-            f"too few days for the protocol: it needs {span.days} days ({train_days} train + "
-            f"{gap_days} gap + {test_days} test) from {train_start} to "
-            f"{window.end - dt.timedelta(days=1)}, but the data covers {first_day} to "
-            f"{last_day} ({(last_day - first_day).days + 1} days)"
+            f"too few days for the protocol: it needs {span.days} days ({parts}) from "
+            f"{train_start} to {train_start + span - dt.timedelta(days=1)}, but the data covers "
+            f"{first_day} to {last_day} ({(last_day - first_day).days + 1} days)"
         )
     return window
+
+
+def fold_windows(first: Window, folds: int) -> list[Window]:
+    """The handbook's prequential folds: ``folds`` windows, each one test length after the one
+    before (its train days start where the previous fold's started, plus test_days)."""
+    step = dt.timedelta(days=first.test_days)
+    return [
+        Window(first.train_start + i * step, first.train_days, first.gap_days, first.test_days)
+        for i in range(folds)
+    ]
 
 
 def _day_numbers(ts: pl.Series) -> npt.NDArray[np.int64]:
@@ -205,24 +229,53 @@ def unrevealed_frauds(data: pl.DataFrame) -> npt.NDArray[np.bool_]:
     return out
 
 
+def ap_at_chance(
+    first: int, at_chance: int, genuine: int, *, draws: int = AP_DRAWS, seed: int = 0
+) -> tuple[float, float]:
+    """(mean, standard deviation) of the average precision of a ranking that puts ``first``
+    frauds on top and ``at_chance`` frauds at random places among ``genuine`` rows below
+    them, over ``draws`` seeded random placements.
+
+    With F = first + at_chance frauds, AP is the mean over frauds of the precision at each
+    one's rank: 1 for each of the first, and (first + j) / (first + k_j) for the j-th of the
+    others at place k_j (1-based) of the at_chance + genuine rows below.
+    """
+    n_fraud = first + at_chance
+    if n_fraud == 0:
+        raise ValueError("no fraud: average precision is undefined")
+    if at_chance == 0:
+        return 1.0, 0.0
+    rng = np.random.default_rng(seed)
+    j = np.arange(1, at_chance + 1, dtype=np.float64)
+    values = np.empty(draws)
+    for d in range(draws):
+        k = np.sort(rng.choice(at_chance + genuine, size=at_chance, replace=False)) + 1.0
+        values[d] = (first + float(np.sum((first + j) / (first + k)))) / n_fraud
+    return float(values.mean()), float(values.std(ddof=1)) if draws > 1 else 0.0
+
+
 def ceiling(
     y: np.ndarray, scores: np.ndarray, unrevealed: np.ndarray
 ) -> dict[str, float | int | None]:
-    """The test days' ROC AUC ceiling: every fraud but the unrevealed ones ranked first, those
-    at chance among the genuine rows (AUC 1/2 each); its spread (the standard deviation of the
-    AUC that chance gives them: Mann-Whitney's, without ties); and the model's AUC without
-    them."""
+    """The test days' ceilings: every fraud but the unrevealed ones ranked first, those at
+    chance among the genuine rows. ROC AUC: 1/2 for each unrevealed fraud, with its spread
+    (the standard deviation of the AUC that chance gives them: Mann-Whitney's, without ties);
+    average precision: :func:`ap_at_chance`'s mean and spread. Also the model's AUC without
+    the unrevealed frauds."""
     n_fraud = int(y.sum())
     n_genuine = len(y) - n_fraud
     b = int(unrevealed.sum())
     if n_fraud == 0 or n_genuine == 0:
-        auc, sd = None, None
+        auc, sd, ap, ap_sd = None, None, None, None
     else:
         auc = 1 - b / (2 * n_fraud)
         sd = b / n_fraud * math.sqrt((b + n_genuine + 1) / (12 * b * n_genuine)) if b else 0.0
+        ap, ap_sd = ap_at_chance(n_fraud - b, b, n_genuine)
     return {
         "roc_auc": auc,
         "roc_auc_sd": sd,
+        "average_precision": ap,
+        "average_precision_sd": ap_sd,
         "unrevealed_frauds": b,
         "model_roc_auc_on_revealed": roc_auc(y[~unrevealed], scores[~unrevealed]),
     }
@@ -283,19 +336,160 @@ class Evaluation:
             "window": self.window.as_dict(),
             "metrics": self.metrics,
             **self.info,
-            "published": {
-                name: dict(
-                    zip(("roc_auc", "average_precision", "card_precision_at_100"), v, strict=True)
-                )
-                for name, v in PUBLISHED.items()
-            },
+            "published": _published(),
         }
+
+
+def _published() -> dict[str, dict[str, float]]:
+    return {name: dict(zip(METRICS, v, strict=True)) for name, v in PUBLISHED.items()}
 
 
 def data_days(data: pl.DataFrame) -> tuple[dt.date, dt.date]:
     """(first, last) calendar day of the data's transactions."""
     days = _day_numbers(data["ts"])
     return _EPOCH + dt.timedelta(days=int(days.min())), _EPOCH + dt.timedelta(days=int(days.max()))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The rows of the evaluated days with their features, computed once for every fold (a
+    row's features depend only on what came before it)."""
+
+    data_rows: npt.NDArray[np.bool_]  # which rows of the data these are
+    rows: pl.DataFrame  # transaction_id, is_fraud, label_ts, then the features' frame
+    names: list[str]
+    X: npt.NDArray[np.float32]
+    y: npt.NDArray[np.int8]
+    day: npt.NDArray[np.int64]
+    unrevealed: npt.NDArray[np.bool_] | None  # None: no ceiling, for no_ceiling's reason
+    no_ceiling: str | None
+    features_s: float
+
+
+def prepare(
+    data: pl.DataFrame, windows: list[Window], features: FeatureSettings, step: Step | None = None
+) -> Prepared:
+    """Features of every row from the first window's training days to the last one's test
+    end (the history before them included), as the streaming code path computes them."""
+    say = step if step is not None else (lambda _: None)
+    if data["is_fraud"].null_count():
+        raise EvaluationError(
+            f"{data['is_fraud'].null_count()} row(s) have no fraud label (is_fraud / TX_FRAUD): "
+            "the protocol needs every transaction labeled"
+        )
+    names = feature_names(features)
+    lo_us = _day_number(min(w.train_start for w in windows)) * DAY_US
+    hi_us = _day_number(max(w.end for w in windows)) * DAY_US
+    ts_us = pl.col("ts").dt.epoch("us")
+    data_rows = data.select(((ts_us >= lo_us) & (ts_us < hi_us)).alias("w"))["w"].to_numpy()
+    in_span = data.filter(pl.Series(data_rows))
+    tx = data.select(
+        "transaction_id", "ts", "customer_id", "terminal_id", "amount", created_at=pl.lit(0.0)
+    )
+    labels = data.select("transaction_id", "is_fraud", "label_ts")
+    say(f"computing {len(names)} features for {in_span.height:,} rows")
+    started = time.perf_counter()
+    try:
+        feats = compute_features(tx, labels, features, query_ids=in_span["transaction_id"])
+    except ValueError as exc:
+        raise EvaluationError(f"cannot compute the features: {exc}") from None
+    features_s = round(time.perf_counter() - started, 2)
+    rows = in_span.select("transaction_id", "is_fraud", "label_ts").hstack(
+        feats.drop("transaction_id")
+    )
+    why = _no_ceiling_because(data)
+    return Prepared(
+        data_rows=data_rows,
+        rows=rows,
+        names=names,
+        X=np.ascontiguousarray(rows.select(names).to_numpy(), dtype=np.float32),
+        y=rows["is_fraud"].to_numpy().astype(np.int8),
+        day=_day_numbers(rows["ts"]),
+        unrevealed=unrevealed_frauds(data)[data_rows] if why is None else None,
+        no_ceiling=why,
+        features_s=features_s,
+    )
+
+
+def evaluate_window(
+    prep: Prepared,
+    window: Window,
+    train: TrainSettings,
+    *,
+    tune_trials: int | None = None,
+    step: Step | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_trial: Callable[[list[Trial], int], None] | None = None,
+) -> Evaluation:
+    """Train on the window's training days of prep, test on its test days.
+
+    tune_trials, progress and on_trial go to model.train_with_validation.
+    """
+    say = step if step is not None else (lambda _: None)
+    day, X, y = prep.day, prep.X, prep.y
+    train_lo = _day_number(window.train_start)
+    train_end = train_lo + window.train_days
+    test_lo, test_hi = _day_number(window.test_start), _day_number(window.end)
+    is_train = (day >= train_lo) & (day < train_end)
+    in_test = (day >= test_lo) & (day < test_hi)
+    is_test = in_test & ~known_compromised_mask(prep.rows, window)
+    n_removed = int((in_test & ~is_test).sum())
+    n_fraud = int(y[is_train].sum())
+    if n_fraud == 0 or n_fraud == int(is_train.sum()):
+        raise EvaluationError(
+            f"the training days ({window.as_dict()['train'][0]}..{window.as_dict()['train'][1]}) "
+            f"hold {int(is_train.sum())} transactions, {n_fraud} of them fraud: a model needs "
+            "both classes"
+        )
+    say(f"training on {int(is_train.sum()):,} rows from {window.train_start}")
+    started = time.perf_counter()
+    try:
+        booster, fit_info = train_with_validation(
+            X[is_train],
+            y[is_train],
+            day[is_train],
+            train,
+            prep.names,
+            tune_trials=tune_trials,
+            progress=progress,
+            on_trial=on_trial,
+        )
+    except CannotTune as exc:
+        raise EvaluationError(f"cannot tune on the training days: {exc}") from None
+    train_s = round(time.perf_counter() - started, 2)
+    say(f"scoring {int(is_test.sum()):,} test rows from {window.test_start}")
+    scores = np.asarray(booster.predict(X[is_test]), dtype=np.float64)
+    y_test = y[is_test]
+    if not y_test.any():
+        raise EvaluationError(
+            f"the test days ({window.as_dict()['test'][0]}..{window.as_dict()['test'][1]}) "
+            "hold no fraud once known compromised cards leave: nothing to measure"
+        )
+    cp_mean, cp_days = card_precision_at_k(
+        day[is_test], prep.rows["customer_id"].to_numpy()[is_test], y_test, scores
+    )
+    metrics = {
+        "roc_auc": roc_auc(y_test, scores),
+        "average_precision": average_precision(y_test, scores),
+        "card_precision_at_100": cp_mean,
+        "card_precision_at_100_per_day": cp_days,
+    }
+    if prep.unrevealed is not None:
+        bound: dict[str, Any] = ceiling(y_test, scores, prep.unrevealed[is_test])
+    else:
+        bound = {"roc_auc": None, "average_precision": None, "why": prep.no_ceiling}
+    info = {
+        "train": {"n": int(is_train.sum()), "n_fraud": n_fraud, **fit_info},
+        "test": {
+            "n": int(is_test.sum()),
+            "n_fraud": int(y_test.sum()),
+            "removed_known_compromised": n_removed,
+        },
+        "features": prep.names,
+        "ceiling": bound,
+        "seconds": {"features_s": prep.features_s, "train_s": train_s},
+    }
+    return Evaluation(window, metrics, info)
 
 
 def evaluate_protocol(
@@ -309,100 +503,82 @@ def evaluate_protocol(
     progress: Callable[[int, int], None] | None = None,
     on_trial: Callable[[list[Trial], int], None] | None = None,
 ) -> Evaluation:
-    """Run the protocol on data (the simulator's columns, as replay.load returns them).
-
-    tune_trials, progress and on_trial go to model.train_with_validation.
-    """
-    say = step if step is not None else (lambda _: None)
-    if data["is_fraud"].null_count():
-        raise EvaluationError(
-            f"{data['is_fraud'].null_count()} row(s) have no fraud label (is_fraud / TX_FRAUD): "
-            "the protocol needs every transaction labeled"
-        )
-    timings: dict[str, float] = {}
-    names = feature_names(features)
-    lo_us = _day_number(window.train_start) * DAY_US
-    hi_us = _day_number(window.end) * DAY_US
-    ts_us = pl.col("ts").dt.epoch("us")
-    window_rows = data.select(((ts_us >= lo_us) & (ts_us < hi_us)).alias("w"))["w"]
-    in_window = data.filter(window_rows)
-    tx = data.select(
-        "transaction_id", "ts", "customer_id", "terminal_id", "amount", created_at=pl.lit(0.0)
+    """Run the protocol on data (the simulator's columns, as replay.load returns them)."""
+    prep = prepare(data, [window], features, step)
+    return evaluate_window(
+        prep,
+        window,
+        train,
+        tune_trials=tune_trials,
+        step=step,
+        progress=progress,
+        on_trial=on_trial,
     )
-    labels = data.select("transaction_id", "is_fraud", "label_ts")
 
-    say(f"computing {len(names)} features for {in_window.height:,} rows")
-    started = time.perf_counter()
-    try:
-        feats = compute_features(tx, labels, features, query_ids=in_window["transaction_id"])
-    except ValueError as exc:
-        raise EvaluationError(f"cannot compute the features: {exc}") from None
-    timings["features_s"] = round(time.perf_counter() - started, 2)
-    rows = in_window.select("transaction_id", "is_fraud", "label_ts").hstack(
-        feats.drop("transaction_id")
-    )
-    day = _day_numbers(rows["ts"])
-    train_end = _day_number(window.train_start) + window.train_days
-    test_lo = _day_number(window.test_start)
-    is_train = day < train_end
-    is_test = (day >= test_lo) & ~known_compromised_mask(rows, window)
-    n_removed = int(((day >= test_lo) & ~is_test).sum())
 
-    X = np.ascontiguousarray(rows.select(names).to_numpy(), dtype=np.float32)
-    y = rows["is_fraud"].to_numpy().astype(np.int8)
-    n_fraud = int(y[is_train].sum())
-    if n_fraud == 0 or n_fraud == int(is_train.sum()):
-        raise EvaluationError(
-            f"the training days ({window.as_dict()['train'][0]}..{window.as_dict()['train'][1]}) "
-            f"hold {int(is_train.sum())} transactions, {n_fraud} of them fraud: a model needs "
-            "both classes"
-        )
-    say(f"training on {int(is_train.sum()):,} rows")
-    started = time.perf_counter()
-    try:
-        booster, fit_info = train_with_validation(
-            X[is_train],
-            y[is_train],
-            day[is_train],
-            train,
-            names,
-            tune_trials=tune_trials,
-            progress=progress,
-            on_trial=on_trial,
-        )
-    except CannotTune as exc:
-        raise EvaluationError(f"cannot tune on the training days: {exc}") from None
-    timings["train_s"] = round(time.perf_counter() - started, 2)
-    say(f"scoring {int(is_test.sum()):,} test rows")
-    scores = np.asarray(booster.predict(X[is_test]), dtype=np.float64)
-    y_test = y[is_test]
-    cp_mean, cp_days = card_precision_at_k(
-        day[is_test], rows["customer_id"].to_numpy()[is_test], y_test, scores
+@dataclass(frozen=True)
+class Folds:
+    """The protocol over successive windows, and each figure's mean and spread over them."""
+
+    folds: list[Evaluation]
+
+    def summary(self) -> dict[str, dict[str, float | None]]:
+        """{figure: {mean, std}}: the metrics, and the ceilings where every fold has one;
+        std is the sample standard deviation over folds (None for one fold)."""
+        series: dict[str, list[float | None]] = {
+            name: [f.metrics[name] for f in self.folds] for name in METRICS
+        }
+        for name in ("roc_auc", "average_precision"):
+            series[f"ceiling_{name}"] = [f.info["ceiling"][name] for f in self.folds]
+        out: dict[str, dict[str, float | None]] = {}
+        for name, values in series.items():
+            known = [v for v in values if v is not None]
+            if len(known) < len(values):
+                out[name] = {"mean": None, "std": None}
+                continue
+            arr = np.asarray(known, dtype=np.float64)
+            std = float(arr.std(ddof=1)) if len(arr) > 1 else None
+            out[name] = {"mean": float(arr.mean()), "std": std}
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "folds": [
+                {k: v for k, v in f.as_dict().items() if k != "published"} for f in self.folds
+            ],
+            "summary": self.summary(),
+            "published": _published(),
+        }
+
+
+def evaluate_folds(
+    data: pl.DataFrame,
+    windows: list[Window],
+    features: FeatureSettings,
+    train: TrainSettings,
+    *,
+    tune_trials: int | None = None,
+    step: Step | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_trial: Callable[[list[Trial], int], None] | None = None,
+) -> Folds:
+    """The protocol on each window (features computed once for all of them); a fold's model
+    sees only its own training days, and tuning only their validation days."""
+    prep = prepare(data, windows, features, step)
+    return Folds(
+        [
+            evaluate_window(
+                prep,
+                w,
+                train,
+                tune_trials=tune_trials,
+                step=step,
+                progress=progress,
+                on_trial=on_trial,
+            )
+            for w in windows
+        ]
     )
-    metrics = {
-        "roc_auc": roc_auc(y_test, scores),
-        "average_precision": average_precision(y_test, scores),
-        "card_precision_at_100": cp_mean,
-        "card_precision_at_100_per_day": cp_days,
-    }
-    why = _no_ceiling_because(data)
-    if why is None:
-        unrevealed = unrevealed_frauds(data)[window_rows.to_numpy()][is_test]
-        bound: dict[str, Any] = ceiling(y_test, scores, unrevealed)
-    else:
-        bound = {"roc_auc": None, "why": why}
-    info = {
-        "train": {"n": int(is_train.sum()), "n_fraud": int(y[is_train].sum()), **fit_info},
-        "test": {
-            "n": int(is_test.sum()),
-            "n_fraud": int(y_test.sum()),
-            "removed_known_compromised": n_removed,
-        },
-        "features": names,
-        "ceiling": bound,
-        "seconds": timings,
-    }
-    return Evaluation(window, metrics, info)
 
 
 def load(path: Path, label_delay_days: int) -> pl.DataFrame:
@@ -439,24 +615,86 @@ def table(ev: Evaluation) -> Table:
         f"{ev.info['train']['n_fraud']} frauds" + _ceiling_caption(ev),
     )
 
-    def cell(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-
     m = ev.metrics
     model = "LightGBM, tuned" if "tuning" in ev.info["train"] else "LightGBM"
     out.add_row(
         f"fraudpipe ({model}, {len(ev.info['features'])} features)",
-        cell(m["roc_auc"]),
-        cell(m["average_precision"]),
-        cell(m["card_precision_at_100"]),
+        *(_cell(m[name]) for name in METRICS),
         style="bold",
     )
     bound = ev.info["ceiling"]
     if bound["roc_auc"] is not None:
-        out.add_row("ceiling: unrevealed frauds at chance", _spread(bound), "", "")
+        out.add_row(
+            "ceiling: unrevealed frauds at chance",
+            _spread(bound),
+            _spread(bound, "average_precision"),
+            "",
+        )
     for name, (auc, ap, cp) in PUBLISHED.items():
-        out.add_row(f"handbook: {name}", cell(auc), cell(ap), cell(cp))
+        out.add_row(f"handbook: {name}", _cell(auc), _cell(ap), _cell(cp))
     return out
+
+
+def _cell(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def folds_table(result: Folds) -> Table:
+    """Each fold, the mean ± standard deviation over folds, and the handbook's figures."""
+    first, last = result.folds[0].window.as_dict(), result.folds[-1].window.as_dict()
+    out = Table(
+        "fold",
+        "ROC AUC",
+        "average precision",
+        "card precision@100",
+        "ceiling AUC",
+        "ceiling AP",
+        title=f"handbook protocol, {len(result.folds)} folds: train from {first['train'][0]} "
+        f"to {last['train'][0]}, each fold's test {first['test_days']} days after its "
+        f"{first['train_days']} train and {first['gap_days']} gap days",
+        caption=_folds_caption(result),
+    )
+    for f in result.folds:
+        w, b = f.window.as_dict(), f.info["ceiling"]
+        out.add_row(
+            f"train {w['train'][0]}, test {w['test'][0]}",
+            *(_cell(f.metrics[m]) for m in METRICS),
+            _cell(b["roc_auc"]),
+            _cell(b["average_precision"]),
+        )
+    summary = result.summary()
+    model = "LightGBM, tuned" if "tuning" in result.folds[0].info["train"] else "LightGBM"
+    out.add_row(
+        f"fraudpipe ({model}, {len(result.folds[0].info['features'])} features): mean ± std",
+        *(_mean_std(summary[m]) for m in METRICS),
+        _mean_std(summary["ceiling_roc_auc"]),
+        _mean_std(summary["ceiling_average_precision"]),
+        style="bold",
+    )
+    for name, (auc, ap, cp) in PUBLISHED.items():
+        out.add_row(f"handbook: {name}", _cell(auc), _cell(ap), _cell(cp), "", "")
+    return out
+
+
+def _mean_std(stat: dict[str, float | None]) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.3f}" + ("" if stat["std"] is None else f" ± {stat['std']:.3f}")
+
+
+def _folds_caption(result: Folds) -> str:
+    n = sum(f.info["test"]["n"] for f in result.folds)
+    frauds = sum(f.info["test"]["n_fraud"] for f in result.folds)
+    text = f"test, all folds: {n:,} transactions, {frauds} frauds (known compromised cards removed)"
+    why = result.folds[0].info["ceiling"].get("why")
+    if why:
+        return f"{text}; no ceiling: {why}"
+    unrevealed = sum(int(f.info["ceiling"]["unrevealed_frauds"]) for f in result.folds)
+    return (
+        f"{text}\nceilings (simulator truth): {unrevealed} of those frauds are at terminals "
+        "compromised too recently for any of their labels to have arrived; ranked at chance "
+        "below every other fraud, they cap each fold's ROC AUC and average precision as shown"
+    )
 
 
 def _ceiling_caption(ev: Evaluation) -> str:
@@ -468,11 +706,12 @@ def _ceiling_caption(ev: Evaluation) -> str:
         f"\nceiling (simulator truth): {bound['unrevealed_frauds']} of "
         f"{ev.info['test']['n_fraud']} test frauds are at terminals compromised too recently "
         "for any of their labels to have arrived, and no feature can tell them from genuine "
-        f"payments: ranked at chance, they cap ROC AUC at {_spread(bound)} (one standard "
-        "deviation of chance). Without them, fraudpipe's ROC AUC is "
+        f"payments: ranked at chance, they cap ROC AUC at {_spread(bound)} and average "
+        f"precision at {_spread(bound, 'average_precision')} (one standard deviation of "
+        "chance). Without them, fraudpipe's ROC AUC is "
         f"{'n/a' if revealed is None else f'{revealed:.3f}'}."
     )
 
 
-def _spread(bound: dict[str, Any]) -> str:
-    return f"{bound['roc_auc']:.3f} ± {bound['roc_auc_sd']:.3f}"
+def _spread(bound: dict[str, Any], name: str = "roc_auc") -> str:
+    return f"{bound[name]:.3f} ± {bound[f'{name}_sd']:.3f}"

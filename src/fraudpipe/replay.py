@@ -27,6 +27,9 @@ HANDBOOK_COLUMNS = {
     "is_fraud": "TX_FRAUD",
 }
 _OPTIONAL = ("transaction_id", "is_fraud")
+# The simulator's truth (0: genuine, 1-3: the handbook's fraud scenarios), ours and the
+# handbook's name: optional, read when present (evaluate's ceilings need it).
+SCENARIO_COLUMNS = ("fraud_scenario", "TX_FRAUD_SCENARIO")
 # Times a replayed transaction may have: a stream of card payments lies within these.
 EARLIEST_TS = dt.datetime(1970, 1, 1)
 LATEST_TS = dt.datetime(2200, 1, 1)
@@ -176,9 +179,9 @@ def load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
 
     Columns are found through `mapping` (ours -> theirs), then our names, then the fraud
     handbook's; a label arrives `delay_us` after its transaction (label_ts). A
-    ``fraud_scenario`` column (the simulator's truth, 0 to 3) is kept when the file has one,
-    else it is 0. What streaming replay and the offline commands read, so both see the same
-    rows.
+    ``fraud_scenario`` column (the simulator's truth, 0 to 3; the handbook's
+    ``TX_FRAUD_SCENARIO``) is kept when the file has one, else it is 0. What streaming replay
+    and the offline commands read, so both see the same rows.
     """
     raw = read_table(path)
     if raw.height == 0:
@@ -214,9 +217,10 @@ def load(path: Path, mapping: dict[str, str], delay_us: int) -> pl.DataFrame:
     else:
         cols["is_fraud"] = pl.Series("is_fraud", [None] * raw.height, dtype=pl.Int8)
     scenario = pl.Series("fraud_scenario", [0] * raw.height, dtype=pl.Int8)
-    if "fraud_scenario" in raw.columns:
-        scenario = _convert(raw["fraud_scenario"], pl.Int8(), "fraud_scenario", path)
-        _only(path, raw["fraud_scenario"], scenario, "fraud_scenario", [0, 1, 2, 3])
+    given = next((c for c in SCENARIO_COLUMNS if c in raw.columns), None)
+    if given is not None:
+        scenario = _convert(raw[given], pl.Int8(), "fraud_scenario", path)
+        _only(path, raw[given], scenario, "fraud_scenario", [0, 1, 2, 3])
     cols["fraud_scenario"] = scenario.fill_null(0)
     df = pl.DataFrame({ours: s.alias(ours) for ours, s in cols.items()})
     if "transaction_id" in cols:
