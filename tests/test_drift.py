@@ -204,11 +204,21 @@ def test_shifted_traffic_is_reported_and_triggers_a_training(tmp_path: Path) -> 
     doc = {"worker": "train-x", "stage": "train", "pid": 1, "heartbeat_at": time.time()}
     doc.update(stage.status())
     (status / "train-x.json").write_text(json.dumps(doc))
-    collector = Collector(Settings(data_dir=tmp_path), ClusterView(env={}))
+    # The simulator's stream began on its start_date, 2018-04-01: the champion's window,
+    # from START, lacks a full feature history and the page says so instead of a number.
+    warming = Collector(Settings(data_dir=tmp_path), ClusterView(env={})).snapshot().model
+    if registry.current() == drift["reference_version"]:
+        assert warming.drift is None and warming.drift_warming_up is True
+        assert "warming up" in str(warming.drift_why)
+    # A stream that began well before: the windows had their full history.
+    began = {"simulator": {"start_date": (START - dt.timedelta(days=60)).date()}}
+    collector = Collector(Settings(data_dir=tmp_path, gather=began), ClusterView(env={}))
     model = collector.snapshot().model
     if registry.current() == drift["reference_version"]:
         assert model.drift == pytest.approx(max(drift["score_psi"], drift["max_feature_psi"]))
-        assert model.drift_why is None
+        assert model.drift_why is None and model.drift_warming_up is False
+        worst = "score" if drift["score_psi"] > drift["max_feature_psi"] else drift["feature"]
+        assert model.drift_feature == worst and model.drift_psi_max == 0.25
     else:  # the drift-triggered challenger won: the next measurement is against it
         assert model.drift is None and "measures again" in str(model.drift_why)
     (status / "train-x.json").unlink()
