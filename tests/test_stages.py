@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -261,3 +262,44 @@ def test_gather_counts_the_labels_it_logs_and_publishes_no_label_topic(tmp_path:
     assert sample("fraudpipe_labels_total", {"is_fraud": "1"}) == frauds
     assert sample("fraudpipe_labels_total", {"is_fraud": "0"}) == logged.height - frauds
     assert not (tmp_path / "data" / "queue" / "labels").exists()
+
+
+def test_a_challenger_that_loses_is_scored_in_shadow_beside_the_champion(tmp_path: Path) -> None:
+    """A second training on the same days cannot beat the champion: its version goes to
+    shadow, infer scores every row with both (the shadow's score as its own booster gives it,
+    alerting on nothing), and `model shadow` shows, moves and clears it."""
+    cfg, data = small_config(tmp_path, days=16), tmp_path / "data"
+    run_stage("gather", "--burst", data, cfg)
+    run_stage("preprocess", "--burst", data, cfg)
+    run_stage("train", "--once", data, cfg)
+    run_stage("train", "--once", data, cfg)
+    registry = ModelRegistry(data / "models")
+    champion, challenger = registry.current(), registry.versions()[-1]
+    assert champion is not None and challenger != champion
+    assert registry.shadow() == challenger
+    args = ["--data-dir", str(data), "--config", str(cfg)]
+    listing = fraudpipe("model", "ls", *args, env={"COLUMNS": "200"}, check=True).stdout
+    assert any(line.split()[:2] == ["s", challenger] for line in listing.splitlines())
+
+    features = pl.concat(pl.read_parquet(p) for p in pending(data, FEATURES))
+    run_stage("infer", "--burst", data, cfg)
+    scored = pl.concat(pl.read_parquet(p) for p in pending(data, RESULTS))
+    assert scored["shadow_version"].unique().to_list() == [challenger]
+    rows = features.join(
+        scored.select("transaction_id", "shadow_score", "score"), on="transaction_id"
+    )
+    names = registry.manifest(challenger)["feature_names"]
+    X = rows.select(names).to_numpy().astype(np.float32)
+    expected = registry.load_booster(challenger).predict(X)
+    np.testing.assert_allclose(rows["shadow_score"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert rows.height == features.height
+
+    assert "no model in shadow" in fraudpipe("model", "shadow", "--clear", *args, check=True).stdout
+    assert registry.shadow() is None
+    short = challenger.rpartition("-")[2]
+    moved = fraudpipe("model", "shadow", short, *args, check=True).stdout
+    assert f"shadow model: {challenger}" in moved and registry.shadow() == challenger
+    refused = fraudpipe("model", "shadow", champion, *args)
+    assert refused.returncode == 1 and "is the current version" in refused.stderr
+    fraudpipe("model", "promote", short, *args, check=True)  # promoted: no longer in shadow
+    assert registry.current() == challenger and registry.shadow() is None

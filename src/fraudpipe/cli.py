@@ -837,8 +837,8 @@ def _resolve(reg: Any, ref: str) -> str:
 
 @model_app.command("ls")
 def model_ls(data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Every model version (* the current one) with its holdout metrics and the promotion
-    decision, then each decision's reason.
+    """Every model version (* the current one, s the one in shadow) with its holdout metrics
+    and the promotion decision, then each decision's reason.
 
     A version's id begins with the UTC time it was created; its last six characters are the
     short id the dashboard shows. AUC and AP are each version's own holdout; "champion AP" is
@@ -846,7 +846,7 @@ def model_ls(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     rows' own figures come from different weeks and do not compare).
     """
     reg = _registry(config, data_dir)
-    current = reg.current()
+    current, shadow = reg.current(), reg.shadow()
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("", "version", "AUC", "AP", "champion AP", "decision"):
         table.add_column(name, no_wrap=True)  # whole ids at any width: reasons wrap below
@@ -854,7 +854,7 @@ def model_ls(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     for v in reg.versions():
         m = reg.manifest(v)
         table.add_row(
-            "*" if v == current else "",
+            "*" if v == current else "s" if v == shadow else "",
             v,
             _metric(m.get("metrics"), "roc_auc"),
             _metric(m.get("metrics"), "average_precision"),
@@ -910,6 +910,35 @@ def model_promote(
     except RegistryError as exc:
         fail(str(exc), 1)
     console.print(f"current model: {version}")
+
+
+@model_app.command("shadow")
+def model_shadow(
+    version: Annotated[
+        str | None,
+        typer.Argument(help="A version, a unique prefix, or its short id; none: show it."),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Score with no shadow.")] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Score VERSION in shadow beside the current model (models/shadow): infer adds its score
+    to every result and alerts on nothing with it; the dashboard shows its live figures beside
+    the champion's on the same rows. Promoting it ends its shadow."""
+    from fraudpipe.registry import RegistryError
+
+    reg = _registry(config, data_dir)
+    if clear and version is not None:
+        fail("give a VERSION or --clear, not both")
+    try:
+        if clear:
+            reg.set_shadow(None)
+        elif version is not None:
+            reg.set_shadow(_resolve(reg, version))
+    except RegistryError as exc:
+        fail(str(exc), 1)
+    shadow = reg.shadow()
+    console.print(f"shadow model: {shadow}" if shadow else "no model in shadow")
 
 
 @model_app.command("rollback")

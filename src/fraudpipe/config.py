@@ -225,6 +225,12 @@ class TrainSettings(_Section):
     min_improvement: float = Field(
         0.0, ge=0, description="Average-precision gain a challenger needs to be promoted."
     )
+    shadow: bool = Field(
+        True,
+        description="A challenger that does not beat the champion on holdout is scored in "
+        "shadow (models/shadow) beside it until the next one, its live figures shown beside "
+        "the champion's; infer scores such rows twice.",
+    )
     drift_psi_max: float | None = Field(
         0.25,
         gt=0,
@@ -352,6 +358,21 @@ class DashboardSettings(_Section):
     )
     history_s: int = Field(600, ge=10, description="Seconds of history kept for the charts.")
     recent_alerts: int = Field(20, ge=1, le=500, description="Latest alerts shown.")
+    live_quality_rows: int = Field(
+        200_000,
+        ge=100,
+        description="Live ROC AUC and AP are over the newest this many labeled rows.",
+    )
+    live_quality_min_frauds: int = Field(
+        30, ge=1, description="Frauds a live figure needs among its rows (fewer: not shown)."
+    )
+    live_quality_margin: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Warn when the champion's live average precision or ROC AUC is this far "
+        "below its holdout's; the warning clears at half the margin.",
+    )
 
 
 class LogSettings(_Section):

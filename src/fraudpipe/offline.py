@@ -609,6 +609,8 @@ def score_file(
                     scored_at=pl.lit(scored_at, dtype=pl.Float64),
                     latency_ms=pl.lit(None, dtype=pl.Float64),  # offline: no stream latency
                     reasons=alert_reasons(forest, X, alerts, names),
+                    shadow_score=pl.lit(None, dtype=pl.Float32),  # one model offline
+                    shadow_version=pl.lit(None, dtype=pl.String),
                 )
             )
             update(start + chunk.height, df.height)

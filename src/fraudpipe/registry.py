@@ -6,6 +6,8 @@
                                      the default; scoring.py), sha256 in the manifest
     models/<version>/manifest.json   features, training window, metrics, decision
     models/current -> <version>      relative symlink, replaced atomically
+    models/shadow -> <version>       optional: a challenger infer scores beside current, whose
+                                     scores are kept for comparison and never alert
     models/promotions/<at>-<id>.json one file per promotion, rollback or forced promotion
 
 Version names are a UTC timestamp (microseconds) plus a random suffix: unique without a shared
@@ -45,6 +47,7 @@ from fraudpipe.scoring import (
 VERSION_RE = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{6}$")
 MANIFEST_FILE = "manifest.json"
 CURRENT = "current"
+SHADOW = "shadow"
 PROMOTIONS = "promotions"
 
 Event = Literal["promoted", "forced", "rolled-back"]
@@ -157,11 +160,32 @@ class ModelRegistry:
 
     def current(self) -> str | None:
         """The version models/current points at, or None before the first promotion."""
+        return self._target(CURRENT)
+
+    def shadow(self) -> str | None:
+        """The version models/shadow points at (scored beside current), or None."""
+        return self._target(SHADOW)
+
+    def _target(self, link: str) -> str | None:
         try:
-            target = os.readlink(self.root / CURRENT)
+            target = os.readlink(self.root / link)
         except FileNotFoundError:
             return None
         return Path(target).name
+
+    def set_shadow(self, version: str | None) -> None:
+        """Point models/shadow at version (once verify passes: infer must be able to score
+        with it), or remove it (None). The current version cannot also be the shadow."""
+        link = self.root / SHADOW
+        if version is None:
+            link.unlink(missing_ok=True)
+        else:
+            self.verify(version)
+            if version == self.current():
+                raise RegistryError(f"{version} is the current version: it cannot be in shadow")
+            self._link(SHADOW, version)
+        if self.fsync:
+            durable.fsync_dir(self.root)
 
     def manifest(self, version: str) -> dict[str, Any]:
         content: dict[str, Any] = json.loads((self._dir(version) / MANIFEST_FILE).read_text())
@@ -260,17 +284,22 @@ class ModelRegistry:
         )
         return [json.loads(p.read_text()) for p in files]
 
-    def _switch(self, version: str, event: Event, reason: str) -> None:
-        self._dir(version)
-        previous = self.current()
-        link = self.root / CURRENT
-        tmp = self.root / f".{CURRENT}.{secrets.token_hex(4)}.tmp"
+    def _link(self, name: str, version: str) -> None:
+        """Point models/<name> at version, atomically (a new symlink renamed over the old)."""
+        tmp = self.root / f".{name}.{secrets.token_hex(4)}.tmp"
         os.symlink(version, tmp)
         try:
-            os.replace(tmp, link)
+            os.replace(tmp, self.root / name)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _switch(self, version: str, event: Event, reason: str) -> None:
+        self._dir(version)
+        previous = self.current()
+        self._link(CURRENT, version)
+        if self.shadow() == version:  # promoted from shadow: it is no longer a challenger
+            (self.root / SHADOW).unlink(missing_ok=True)
         if self.fsync:
             durable.fsync_dir(self.root)
         now = dt.datetime.now(dt.UTC)

@@ -48,6 +48,9 @@ RESULTS: dict[str, pl.DataType] = {
     "latency_ms": pl.Float64(),
     # top REASONS contributions for an alert; an empty list (never null) for any other row
     "reasons": pl.List(REASON),
+    # the score of the version in shadow (models/shadow) and its name; null without one
+    "shadow_score": pl.Float32(),
+    "shadow_version": pl.String(),
 }
 
 

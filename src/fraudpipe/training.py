@@ -478,6 +478,9 @@ def run_training(
     version = registry.save(fitted.booster, fitted.onnx_bytes, content)
     reason, metrics = verdict.reason, fitted.metrics
     if not verdict.wins:
+        if cfg.shadow:  # its live figures show beside the champion's (dashboard.quality)
+            registry.set_shadow(version)
+            reason = f"{reason}; scored in shadow beside the champion"
         return TrainOutcome("trained-kept-champion", reason, version, metrics)
     registry.promote(version, reason)
     return TrainOutcome("trained-promoted", reason, version, metrics)

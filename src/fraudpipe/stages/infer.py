@@ -12,6 +12,11 @@ same version again only after RETRY_REFUSED_S, or once models/current moves.
 Every alert carries reason codes (``reasons``): the schema.REASONS features contributing most
 towards fraud, path attributions of the version's LightGBM booster (reasons.py), computed for
 the alert rows only; the rest get [].
+
+A version in shadow (models/shadow: a challenger, see registry.py) scores every batch too: its
+score and name go in ``shadow_score`` and ``shadow_version`` and decide nothing, so the
+dashboard can compare it with the champion on the same rows. One it cannot load, or whose
+features the batches lack, is refused like a current version and the batches go on without.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class Infer(BatchStage):
         self.alerts = 0
         self._last_prune = 0.0
         self.refused: dict[str, Any] | None = None  # the version last refused, and why
+        self.shadow: tuple[str, Scorer, list[str]] | None = None  # version, scorer, features
+        self.shadow_refused: dict[str, Any] | None = None
 
     def ready(self) -> bool:
         current = self.registry.current()
@@ -68,11 +75,39 @@ class Infer(BatchStage):
                 self.ctx.log.error(
                     "model.refused", version=current, reason=str(exc), keeps=self.version
                 )
+        if self.scorer is not None:
+            self._follow_shadow()
         return self.scorer is not None
 
-    def _refused_now(self, version: str) -> bool:
-        r = self.refused
+    def _refused_now(self, version: str, refused: dict[str, Any] | None = None) -> bool:
+        r = self.refused if refused is None else refused
         return r is not None and r["version"] == version and time.time() - r["at"] < RETRY_REFUSED_S
+
+    def _follow_shadow(self) -> None:
+        """Load the version models/shadow names, or drop the one in hand when it moved."""
+        wanted = self.registry.shadow()
+        if wanted == self.version:
+            wanted = None  # promoted meanwhile: the champion is not its own challenger
+        held = self.shadow[0] if self.shadow is not None else None
+        if wanted == held:
+            return
+        self.shadow = None
+        if wanted is None or self._refused_now(wanted, self.shadow_refused):
+            return
+        try:
+            manifest = self.registry.verify(wanted)
+            names = list(manifest["feature_names"])
+            missing = [n for n in names if n not in self.input_schema]
+            if missing:
+                raise ValueError(f"it needs features the batches lack: {missing}")
+            cfg = self.ctx.settings.infer
+            scorer = self.registry.scorer(wanted, cfg.scorer, cfg.threads, self.ctx.device)
+        except Exception as exc:  # whatever stops it loading: score without a shadow
+            self.shadow_refused = {"version": wanted, "reason": str(exc), "at": time.time()}
+            self.ctx.log.error("model.shadow_refused", version=wanted, reason=str(exc))
+            return
+        self.shadow, self.shadow_refused = (wanted, scorer, names), None
+        self.ctx.log.info("model.shadow_loaded", version=wanted, champion=self.version)
 
     def _load(self, version: str) -> None:
         manifest = self.registry.verify(version)
@@ -113,6 +148,11 @@ class Infer(BatchStage):
         scored_at = time.time()
         latency_ms = (scored_at - df["created_at"].to_numpy()) * 1000.0
         alerts = scores >= self.threshold
+        shadow_scores, shadow_version = None, None
+        if self.shadow is not None:
+            shadow_version, shadow_scorer, names = self.shadow
+            shadow_X = X if names == self.feature_names else df.select(names).to_numpy()
+            shadow_scores = shadow_scorer.score(shadow_X.astype(np.float32))
         out = (
             df.select(_PASS_THROUGH)
             .with_columns(
@@ -123,6 +163,10 @@ class Infer(BatchStage):
                 latency_ms=pl.Series(latency_ms),
                 # X is what was scored: the forest explains exactly the inputs scored.
                 reasons=alert_reasons(self.forest, X, alerts, self.feature_names),
+                shadow_score=pl.Series(shadow_scores, dtype=pl.Float32)
+                if shadow_scores is not None
+                else pl.lit(None, dtype=pl.Float32),
+                shadow_version=pl.lit(shadow_version, dtype=pl.String),
             )
             .select(list(schema.RESULTS))
         )
@@ -145,6 +189,8 @@ class Infer(BatchStage):
             "model_version": self.version,
             "alerts": self.alerts,
             "model_refused": self.refused,
+            "shadow_version": self.shadow[0] if self.shadow is not None else None,
+            "shadow_refused": self.shadow_refused,
         }
         if self._latencies:
             recent = np.concatenate(list(self._latencies))
