@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 
 from fraudpipe.dashboard.payload import History, Snapshot
+from fraudpipe.registry import ModelRegistry
 from fraudpipe.worker import read_status
-from tests.conftest import ARTIFACTS, post_json
+from tests.conftest import ARTIFACTS, fraudpipe, post_json
 from tests.pipeline import small_config
 
 pytestmark = pytest.mark.slow
@@ -404,4 +405,47 @@ def test_a_stopped_pipeline_shows_a_stall_and_rates_fall_to_zero(run: Run, brows
         lambda: run.get("/api/snapshot")["throughput"]["end_to_end_rows_per_s"] > 0,
         90,
     )
+    page.close()
+
+
+def test_live_quality_shows_the_champion_and_a_shadow_beside_it(run: Run, browser: Any) -> None:
+    """A version put in shadow is scored on the champion's rows; as their labels arrive the
+    payload, the page and /metrics show both models' live figures on the same rows, and the
+    champion's beside its holdout's."""
+    registry = ModelRegistry(run.data / "models")
+    if len(registry.versions()) < 2:
+        assert run.post("/api/control/retrain", {}, run.token)[0] == 200
+    wait_until("a second model version", lambda: len(registry.versions()) >= 2, 180)
+    other = next(v for v in reversed(registry.versions()) if v != registry.current())
+    if registry.shadow() is None:  # train may have put a losing challenger there already
+        fraudpipe("model", "shadow", other, "--data-dir", str(run.data), check=True)
+
+    def measured() -> Any:
+        q = Snapshot.model_validate(run.get("/api/snapshot")).quality
+        done = q.shadow is not None and q.shadow.average_precision is not None
+        return q if done and q.champion.average_precision is not None else None
+
+    q = wait_until("live figures of the champion and the shadow", measured, 180)
+    # (train puts each challenger that loses in shadow: the version may have moved on since)
+    assert q.shadow is not None and q.shadow.version in registry.versions()
+    assert q.shadow.frauds >= q.min_frauds and q.shadow.champion_average_precision is not None
+    assert q.champion.holdout_average_precision is not None
+    page, problems = open_page(browser)
+    page.goto(run.base + "/")
+    live = re.compile(r"^AP 0\.\d{3} · AUC 0\.\d{3} over .*; holdout AP 0\.\d{3}")
+    wait_text(page, "#model-live", live, 60)
+    beside = re.compile(r"vs champion AP 0\.\d{3} · AUC 0\.\d{3}, same ")
+    wait_text(page, "#model-shadow", beside, 60)
+
+    def exposed() -> str:
+        with urllib.request.urlopen(run.base + "/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
+    gauges = (  # the exposition sorts labels by name
+        r'fraudpipe_quality_average_precision\{role="shadow",source="live",version="[^"]+"\} 0\.',
+        r'fraudpipe_quality_roc_auc\{role="champion",source="holdout",version="[^"]+"\} 0\.',
+        r'fraudpipe_quality_labeled_rows\{role="champion",version="[^"]+"\} [1-9]',
+    )
+    wait_until("the quality gauges", lambda: all(re.search(g, exposed()) for g in gauges), 60)
+    assert problems == []
     page.close()

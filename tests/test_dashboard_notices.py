@@ -18,8 +18,10 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraudpipe.config import Settings, load_settings
 from fraudpipe.control import set_generation
@@ -27,10 +29,12 @@ from fraudpipe.dashboard.cluster import ClusterView
 from fraudpipe.dashboard.collect import Collector
 from fraudpipe.dashboard.drift import read_drift
 from fraudpipe.dashboard.payload import Notice
+from fraudpipe.eventlog import EventLog
 from fraudpipe.layout import FEATURES, RAW, RESULTS, Layout
 from fraudpipe.queue import Topic, make_id
 
 _SEQ = count()
+LABEL_DAY = dt.date(2018, 4, 8)
 
 
 class Volume:
@@ -82,6 +86,44 @@ class Volume:
         msg_id = make_id(int(now * 1000), "test", next(_SEQ))
         assert self.topic(RESULTS).publish(msg_id, df) is not None
         return ids
+
+    def score_and_label(
+        self,
+        scores: np.ndarray,
+        fraud: np.ndarray,
+        version: str,
+        shadow: tuple[str, np.ndarray] | None = None,
+    ) -> None:
+        """Rows scored by version (and by a shadow version), as infer publishes them, then
+        their labels in the event log, as gather writes them when they arrive."""
+        now, n = time.time(), len(scores)
+        ids = np.array([next(_SEQ) for _ in range(n)])
+        df = pl.DataFrame(
+            {
+                "transaction_id": ids,
+                "ts": [dt.datetime(2018, 4, 1)] * n,
+                "customer_id": [1] * n,
+                "terminal_id": [1] * n,
+                "amount": [10.0] * n,
+                "score": scores.astype(np.float32),
+                "is_alert": scores >= 0.5,
+                "model_version": [version] * n,
+                "scored_at": [now] * n,
+                "latency_ms": [100.0] * n,
+                "shadow_score": None if shadow is None else shadow[1].astype(np.float32),
+                "shadow_version": [None if shadow is None else shadow[0]] * n,
+            },
+            schema_overrides={"shadow_score": pl.Float32, "shadow_version": pl.String},
+        )
+        assert self.topic(RESULTS).publish(make_id(int(now * 1000), "t", next(_SEQ)), df)
+        labels = pl.DataFrame({"transaction_id": ids, "is_fraud": fraud.astype(np.int8)})
+        EventLog(self.layout, fsync=False).write("labels", f"l{next(_SEQ)}", labels, LABEL_DAY)
+
+    def model(self, version: str, **metrics: float) -> None:
+        """A version's manifest where the registry keeps it (what the dashboard reads)."""
+        (self.layout.models / version).mkdir(parents=True)
+        doc = {"version": version, "metrics": metrics, "threshold": 0.5}
+        (self.layout.models / version / "manifest.json").write_text(json.dumps(doc))
 
     def worker(self, stage: str, **doc: Any) -> dict[str, Any]:
         """A live worker's status file, as the worker writes it."""
@@ -281,3 +323,70 @@ def test_drift_names_what_drifted_its_limit_and_the_warm_up(
     assert read_drift(settings, volume.layout, "v1", []).why == (
         "no live train worker: drift is measured by the train stage"
     )
+
+
+CHAMPION, SHADOW = "20181201T000000.000000Z-aaaaaa", "20181202T000000.000000Z-bbbbbb"
+
+
+def _informative(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (2 % fraud) and scores that rank most frauds first."""
+    fraud = rng.random(n) < 0.02
+    return np.clip(rng.normal(0.2 + 0.5 * fraud, 0.15), 0, 1), fraud
+
+
+def test_live_quality_of_champion_and_shadow_on_the_same_rows(volume: Volume) -> None:
+    """Figures over the rows whose labels arrived, against sklearn's on the same rows; the
+    champion's beside its holdout's and, over the shadow's rows, beside the shadow's."""
+    volume.model(CHAMPION, roc_auc=0.93, average_precision=0.62)
+    volume.model(SHADOW, roc_auc=0.92, average_precision=0.60)
+    (volume.layout.models / "current").symlink_to(CHAMPION)
+    collector = Collector(volume.settings, ClusterView(env={}))
+    first = collector.snapshot().quality
+    assert first.champion.roc_auc is None and "0 labeled fraud(s)" in str(first.champion.why)
+    assert first.shadow is None
+
+    rng = np.random.default_rng(7)
+    alone, alone_fraud = _informative(rng, 4000)
+    volume.score_and_label(alone, alone_fraud, CHAMPION)  # before the shadow
+    (volume.layout.models / "shadow").symlink_to(SHADOW)
+    both, fraud = _informative(rng, 6000)
+    noise = np.clip(both + rng.normal(0, 0.3, both.size), 0, 1)  # a worse challenger
+    volume.score_and_label(both, fraud, CHAMPION, shadow=(SHADOW, noise))
+    q = collector.snapshot().quality
+
+    y_all = np.concatenate([alone_fraud, fraud])
+    s_all = np.concatenate([alone, both]).astype(np.float32)
+    c = q.champion
+    assert (c.version, c.rows, c.frauds) == (CHAMPION, 10_000, int(y_all.sum()))
+    assert c.roc_auc == pytest.approx(roc_auc_score(y_all, s_all))
+    assert c.average_precision == pytest.approx(average_precision_score(y_all, s_all))
+    assert (c.holdout_roc_auc, c.holdout_average_precision) == (0.93, 0.62)
+    sh = q.shadow
+    assert sh is not None and (sh.version, sh.rows) == (SHADOW, 6000)
+    assert sh.average_precision == pytest.approx(
+        average_precision_score(fraud, noise.astype(np.float32))
+    )
+    assert sh.champion_average_precision == pytest.approx(
+        average_precision_score(fraud, both.astype(np.float32))
+    )
+    assert sh.average_precision < sh.champion_average_precision
+    assert not [n for n in collector.snapshot().warnings if "live quality" in n.message]
+
+
+def test_live_quality_far_below_holdout_warns_and_clears(volume: Volume) -> None:
+    """Labels that say nothing about the scores (label noise): live AP falls to the fraud
+    rate, far below the holdout's, and the page warns until the figures recover."""
+    volume.model(CHAMPION, roc_auc=0.93, average_precision=0.62)
+    (volume.layout.models / "current").symlink_to(CHAMPION)
+    settings = volume.settings.model_copy(deep=True)
+    settings.dashboard.live_quality_rows = 5000
+    collector = Collector(settings, ClusterView(env={}))
+    rng = np.random.default_rng(3)
+    scores, _ = _informative(rng, 5000)
+    volume.score_and_label(scores, rng.random(5000) < 0.02, CHAMPION)  # noise
+    [notice] = [n for n in collector.snapshot().warnings if "live quality" in n.message]
+    assert notice.level == "warning" and f"champion {CHAMPION}" in notice.message
+    assert "(holdout 0.620)" in notice.message and "live_quality_margin=0.1" in notice.message
+    scores, fraud = _informative(rng, 5000)
+    volume.score_and_label(scores, fraud, CHAMPION)  # the window is all honest labels again
+    assert not [n for n in collector.snapshot().warnings if "live quality" in n.message]

@@ -6,7 +6,8 @@ Sources, all on the shared volume (plus the Kubernetes metrics API in a cluster)
 - scored batches (queue/inference-results, then results/): end-to-end rows/s, latency
   percentiles, alerts with their reason codes, counted from the rows themselves;
 - the labels in the event log (state/log/labels), as they arrive: precision and recall of the
-  alerts whose outcome is known;
+  alerts whose outcome is known, and the live ROC AUC and AP of the champion and of a version
+  in shadow (read by dashboard.quality);
 - models/: the current version, its manifest and promotion;
 - the train worker's status file: drift of recent traffic against the champion's window
   (read by dashboard.drift);
@@ -30,6 +31,8 @@ from fraudpipe.control import GENERATION, read_generation
 from fraudpipe.dashboard import payload as p
 from fraudpipe.dashboard.cluster import ClusterView
 from fraudpipe.dashboard.drift import read_drift
+from fraudpipe.dashboard.quality import SCHEMA as LABELED
+from fraudpipe.dashboard.quality import Figures, LiveQuality
 from fraudpipe.layout import FEATURES, RAW, TOPICS, Layout
 from fraudpipe.queue import SUFFIX, Topic
 from fraudpipe.registry import ModelRegistry, RegistryError
@@ -66,6 +69,7 @@ _RESULT_COLUMNS = [
     "scored_at",
     "latency_ms",
 ]
+_OPTIONAL_COLUMNS = ["reasons", "shadow_score", "shadow_version"]  # not in older files
 
 
 @dataclass
@@ -103,12 +107,19 @@ class Collector:
         self._scored: deque[_Scored] = deque()
         # Outcomes waiting for their other half: scored rows without label, labels without row.
         self._unlabeled = pl.DataFrame(
-            schema={"transaction_id": pl.Int64, "is_alert": pl.Boolean, "t": pl.Float64}
+            schema={
+                "transaction_id": pl.Int64,
+                "is_alert": pl.Boolean,
+                **{k: v for k, v in LABELED.items() if k != "is_fraud"},
+                "t": pl.Float64,
+            }
         )
         self._unmatched = pl.DataFrame(
             schema={"transaction_id": pl.Int64, "is_fraud": pl.Int8, "t": pl.Float64}
         )
         self._outcomes: deque[tuple[float, int, int, int]] = deque()  # (t, tp, fp, fn)
+        d = settings.dashboard
+        self.quality = LiveQuality(d.live_quality_rows, d.live_quality_min_frauds)
         self._pending_history: deque[tuple[float, dict[str, int]]] = deque()
         self._held: set[str] = set()  # notices raised and not yet cleared (see _raised)
         self.history: deque[p.HistoryPoint] = deque()
@@ -138,7 +149,7 @@ class Collector:
     @staticmethod
     def _columns(path: Path) -> list[str]:
         names = pl.read_parquet_schema(path)
-        return _RESULT_COLUMNS + (["reasons"] if "reasons" in names else [])
+        return _RESULT_COLUMNS + [c for c in _OPTIONAL_COLUMNS if c in names]
 
     def _read_labels(self, now: float) -> pl.DataFrame | None:
         root = self.layout.log / "labels"
@@ -158,11 +169,13 @@ class Collector:
     def _match(self, scored: pl.DataFrame | None, labels: pl.DataFrame | None, now: float) -> None:
         """Join arrived labels with scored rows (either may come first) into outcomes."""
         if scored is not None:
+            kept = self._unlabeled.columns
+            absent = {"shadow_score": pl.Float64, "shadow_version": pl.String}
+            scored = scored.with_columns(
+                pl.lit(None, dtype=t).alias(c) for c, t in absent.items() if c not in scored.columns
+            ).with_columns(t=pl.lit(now))
             self._unlabeled = pl.concat(
-                [
-                    self._unlabeled,
-                    scored.select("transaction_id", "is_alert").with_columns(t=pl.lit(now)),
-                ]
+                [self._unlabeled, scored.select(kept).cast(self._unlabeled.schema)]
             )
         if labels is not None:
             self._unmatched = pl.concat(
@@ -173,6 +186,7 @@ class Collector:
                 self._unmatched.select("transaction_id", "is_fraud"), on="transaction_id"
             )
             if both.height:
+                self.quality.add(both)
                 fraud = both["is_fraud"] == 1
                 alert = both["is_alert"]
                 self._outcomes.append(
@@ -207,14 +221,20 @@ class Collector:
         generation = read_generation(self.layout.control / GENERATION)
         latency = self._latency(at, lat, self._resumed(workers, generation.paused))
         detection = self._detection(at, now)
+        model = self._model(workers)
+        quality = self._quality(model)
         snap = p.Snapshot(
             at=now,
             throughput=throughput,
             latency=latency,
             backlog=backlog,
-            warnings=self._warnings(workers, backlog, throughput, latency, generation.paused, now),
+            warnings=[
+                *self._warnings(workers, backlog, throughput, latency, generation.paused, now),
+                *self._quality_notices(quality),
+            ],
             detection=detection,
-            model=self._model(workers),
+            model=model,
+            quality=quality,
             workers=[self._worker(w, pods.by_pod, now) for w in workers],
             cluster=p.Cluster(mode=self.cluster.mode, metrics_api=pods.status, detail=pods.detail),
             controls=p.Controls(
@@ -501,6 +521,56 @@ class Collector:
             )
         ]
 
+    def _quality(self, model: p.ModelState) -> p.Quality:
+        """Live figures of the champion and of the version in shadow (dashboard.quality)."""
+        d = self.settings.dashboard
+        champion = self.quality.of(model.version)
+        shadow = None
+        version = self.registry.shadow()
+        if version is not None and version != model.version:
+            mine, theirs = self.quality.shadow(version, model.version)
+            shadow = p.ShadowQuality(
+                version=version,
+                **_figures(mine),
+                champion_roc_auc=theirs.roc_auc,
+                champion_average_precision=theirs.average_precision,
+            )
+        return p.Quality(
+            window_rows=d.live_quality_rows,
+            min_frauds=d.live_quality_min_frauds,
+            margin=d.live_quality_margin,
+            champion=p.ChampionQuality(
+                version=model.version,
+                **_figures(champion),
+                holdout_roc_auc=model.metrics.get("roc_auc"),
+                holdout_average_precision=model.metrics.get("average_precision"),
+            ),
+            shadow=shadow,
+        )
+
+    def _quality_notices(self, quality: p.Quality) -> list[p.Notice]:
+        """A warning while the champion's live AP or ROC AUC is more than the margin below its
+        holdout's (cleared at half the margin)."""
+        c = quality.champion
+        pairs = (
+            ("AP", c.average_precision, c.holdout_average_precision),
+            ("ROC AUC", c.roc_auc, c.holdout_roc_auc),
+        )
+        gaps = [(name, live, held) for name, live, held in pairs if live is not None and held]
+        worst = max((held - live for _, live, held in gaps), default=0.0)
+        if not self._raised("live-quality", worst, quality.margin, quality.margin / 2):
+            return []
+        figures = ", ".join(f"{name} {live:.3f} (holdout {held:.3f})" for name, live, held in gaps)
+        return [
+            p.Notice(
+                level="warning",
+                message=f"live quality below holdout: champion {c.version} scores {figures} "
+                f"over its {c.rows:,} newest labeled rows ({c.frauds:,} frauds), more than "
+                f"dashboard.live_quality_margin={quality.margin:g} under (label noise, a "
+                "feature gone wrong, a shift drift did not catch)",
+            )
+        ]
+
     def _model(self, workers: list[dict[str, Any]]) -> p.ModelState:
         """The champion (read once per version) with the drift the train worker measured now."""
         version = self.registry.current()
@@ -590,6 +660,16 @@ class Collector:
         )
         while self.history and self.history[0].at < snap.at - self.settings.dashboard.history_s:
             self.history.popleft()
+
+
+def _figures(f: Figures) -> dict[str, Any]:
+    return {
+        "rows": f.rows,
+        "frauds": f.frauds,
+        "roc_auc": f.roc_auc,
+        "average_precision": f.average_precision,
+        "why": f.why,
+    }
 
 
 def _mtime(path: Path) -> float:

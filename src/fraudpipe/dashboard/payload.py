@@ -161,6 +161,37 @@ class Controls(_Model):
     configured_rate: float = Field(description="gather.rate of the configuration (rows/s).")
 
 
+class LiveFigures(_Model):
+    """A model's ROC AUC and average precision over labeled live traffic (dashboard.quality)."""
+
+    version: str | None
+    rows: int = Field(description="Labeled rows of the window it scored.")
+    frauds: int = Field(description="Frauds among them.")
+    roc_auc: float | None
+    average_precision: float | None
+    why: str | None = Field(description="Why the figures are null (too few frauds, ...).")
+
+
+class ChampionQuality(LiveFigures):
+    holdout_roc_auc: float | None = Field(description="From its manifest: its own holdout.")
+    holdout_average_precision: float | None
+
+
+class ShadowQuality(LiveFigures):
+    """A challenger infer scores beside the champion (models/shadow), before any promotion."""
+
+    champion_roc_auc: float | None = Field(description="The champion over the same rows.")
+    champion_average_precision: float | None
+
+
+class Quality(_Model):
+    window_rows: int = Field(description="The newest this many labeled rows count (any model).")
+    min_frauds: int = Field(description="Frauds a figure needs among its rows.")
+    margin: float = Field(description="Warn when live is this far below holdout (AP or AUC).")
+    champion: ChampionQuality
+    shadow: ShadowQuality | None = Field(description="Null: no model is in shadow.")
+
+
 class Snapshot(_Model):
     kind: Literal["snapshot"] = "snapshot"
     at: float = Field(description="Wall-clock epoch seconds when the snapshot was taken.")
@@ -170,6 +201,7 @@ class Snapshot(_Model):
     warnings: list[Notice]
     detection: Detection
     model: ModelState
+    quality: Quality
     workers: list[WorkerState]
     cluster: Cluster
     controls: Controls

@@ -63,6 +63,54 @@ class _Metrics:
             ["action", "outcome"],
             registry=r,
         )
+        # The snapshot's quality (dashboard.quality): role champion or shadow, and the
+        # champion again over the shadow's rows (champion_on_shadow_rows); source live (the
+        # newest labeled rows) or holdout (its manifest). Absent while not measured.
+        labels = ["role", "version", "source"]
+        self.roc_auc = Gauge("fraudpipe_quality_roc_auc", "ROC AUC of a model.", labels, registry=r)
+        self.average_precision = Gauge(
+            "fraudpipe_quality_average_precision", "Average precision of a model.", labels,
+            registry=r,
+        )  # fmt: skip
+        self.labeled_rows = Gauge(
+            "fraudpipe_quality_labeled_rows",
+            "Labeled live rows behind a model's live figures.",
+            ["role", "version"],
+            registry=r,
+        )
+
+    def observe(self, quality: payload.Quality) -> None:
+        """The gauges of the latest snapshot's quality; unknown figures are left out."""
+        for gauge in (self.roc_auc, self.average_precision, self.labeled_rows):
+            gauge.clear()
+        c, s = quality.champion, quality.shadow
+        figures: list[tuple[str, str | None, str, float | None, float | None]] = [
+            ("champion", c.version, "live", c.roc_auc, c.average_precision),
+            ("champion", c.version, "holdout", c.holdout_roc_auc, c.holdout_average_precision),
+        ]
+        rows = [("champion", c.version, c.rows)]
+        if s is not None:
+            figures += [
+                ("shadow", s.version, "live", s.roc_auc, s.average_precision),
+                (
+                    "champion_on_shadow_rows",
+                    c.version,
+                    "live",
+                    s.champion_roc_auc,
+                    s.champion_average_precision,
+                ),
+            ]
+            rows.append(("shadow", s.version, s.rows))
+        for role, version, source, auc, ap in figures:
+            if version is None:
+                continue
+            if auc is not None:
+                self.roc_auc.labels(role, version, source).set(auc)
+            if ap is not None:
+                self.average_precision.labels(role, version, source).set(ap)
+        for role, version, n in rows:
+            if version is not None:
+                self.labeled_rows.labels(role, version).set(n)
 
 
 class Dashboard:
@@ -85,6 +133,7 @@ class Dashboard:
             started = time.perf_counter()
             try:
                 self.latest = await asyncio.to_thread(self.collector.snapshot)
+                self.metrics.observe(self.latest.quality)
                 self.health.tick()
             except Exception as exc:  # keep serving the last good snapshot, and say why
                 self.log.error("dashboard.snapshot_failed", error=repr(exc))

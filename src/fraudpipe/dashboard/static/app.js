@@ -641,6 +641,8 @@ function renderModel(s) {
     drift.classList.remove("late");
   }
 
+  renderQuality(s.quality ?? {});
+
   const entries = Object.entries(m.metrics ?? {});
   const metricNodes = entries.map(([k, v]) => el("div", {}, [
     el("dt", { text: k }),
@@ -648,6 +650,32 @@ function renderModel(s) {
   ]));
   const none = el("div", {}, [el("dt", { text: "none in the manifest" }), el("dd", { text: DASH })]);
   $("model-metrics").replaceChildren(...(metricNodes.length ? metricNodes : [none]));
+}
+
+/** "AP 0.812 · AUC 0.934", or null when either is unknown. */
+function fmtFigures(ap, auc) {
+  return isNum(ap) && isNum(auc) ? `AP ${ap.toFixed(3)} · AUC ${auc.toFixed(3)}` : null;
+}
+
+/** Live figures over labeled traffic: the champion's beside its holdout's, the shadow's beside
+ * the champion's on the same rows; "not measured" with the server's reason otherwise. */
+function renderQuality(q) {
+  const c = q.champion ?? {};
+  const over = (f) => `over ${fmtNum(f.rows)} labeled rows (${fmtNum(f.frauds)} frauds)`;
+  const live = fmtFigures(c.average_precision, c.roc_auc);
+  const holdout = fmtFigures(c.holdout_average_precision, c.holdout_roc_auc) ?? "unknown";
+  setValue($("model-live"), live ? `${live} ${over(c)}; holdout ${holdout}`
+    : `not measured: ${c.why || "no reason given"}`, c.why);
+  const sh = q.shadow;
+  if (!sh) {
+    setValue($("model-shadow"), "none", null);
+    return;
+  }
+  const mine = fmtFigures(sh.average_precision, sh.roc_auc);
+  const theirs = fmtFigures(sh.champion_average_precision, sh.champion_roc_auc) ?? "unknown";
+  setValue($("model-shadow"), mine
+    ? `${shortVersion(sh.version)}: ${mine} vs champion ${theirs}, same ${fmtNum(sh.rows)} rows (${fmtNum(sh.frauds)} frauds)`
+    : `${shortVersion(sh.version)}: not measured: ${sh.why || "no reason given"}`, sh.version);
 }
 
 function fmtMetric(v) {
