@@ -390,3 +390,20 @@ def test_live_quality_far_below_holdout_warns_and_clears(volume: Volume) -> None
     scores, fraud = _informative(rng, 5000)
     volume.score_and_label(scores, fraud, CHAMPION)  # the window is all honest labels again
     assert not [n for n in collector.snapshot().warnings if "live quality" in n.message]
+
+
+def test_a_champion_trained_while_warming_up_is_not_held_to_its_holdout(volume: Volume) -> None:
+    """The stream's first champion trains on rows without a full feature history: live
+    traffic finds it worse than its holdout did, which is no fault to warn about."""
+    volume.model(CHAMPION, roc_auc=0.93, average_precision=0.62)
+    (volume.layout.models / "current").symlink_to(CHAMPION)
+    report = {**DRIFT, "reference_version": CHAMPION, "at": time.time()}
+    volume.worker("train", drift={**report, "reference": {"first_ts": "2018-04-02T00:00:00"}})
+    collector = Collector(volume.settings, ClusterView(env={}))
+    rng = np.random.default_rng(3)
+    scores, _ = _informative(rng, 5000)
+    volume.score_and_label(scores, rng.random(5000) < 0.02, CHAMPION)
+    snap = collector.snapshot()
+    assert snap.model.drift_warming_up is True
+    assert snap.quality.champion.average_precision is not None  # shown, not warned about
+    assert not [n for n in snap.warnings if "live quality" in n.message]

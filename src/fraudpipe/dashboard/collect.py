@@ -230,7 +230,7 @@ class Collector:
             backlog=backlog,
             warnings=[
                 *self._warnings(workers, backlog, throughput, latency, generation.paused, now),
-                *self._quality_notices(quality),
+                *self._quality_notices(quality, model),
             ],
             detection=detection,
             model=model,
@@ -548,10 +548,15 @@ class Collector:
             shadow=shadow,
         )
 
-    def _quality_notices(self, quality: p.Quality) -> list[p.Notice]:
+    def _quality_notices(self, quality: p.Quality, model: p.ModelState) -> list[p.Notice]:
         """A warning while the champion's live AP or ROC AUC is more than the margin below its
-        holdout's (cleared at half the margin)."""
+        holdout's (cleared at half the margin). Not while its training window is warming up
+        (dashboard.drift): rows without a full history train a model that live traffic, with
+        one, is bound to find worse; the page shows the figures and drift says why."""
         c = quality.champion
+        if model.drift_warming_up:
+            self._held.discard("live-quality")
+            return []
         pairs = (
             ("AP", c.average_precision, c.holdout_average_precision),
             ("ROC AUC", c.roc_auc, c.holdout_roc_auc),
