@@ -441,8 +441,9 @@ def test_evaluate_four_folds_gives_means_spreads_and_ceilings(
     assert summary["ceiling_average_precision"]["mean"] == pytest.approx(np.mean(ceiling_ap))
     assert out["published"]["tuned XGBoost"]["average_precision"] == 0.687
 
-    table = fraudpipe(*args, env={"COLUMNS": "220"}, check=True).stdout
-    assert "handbook protocol, 4 folds" in table and "tuned XGBoost" in table
-    ap = summary["average_precision"]
-    assert f"{ap['mean']:.3f} ± {ap['std']:.3f}" in table
-    assert "ceilings (simulator truth)" in table
+    if columns == "ours":  # the table prints what the JSON holds (once: an evaluation is ~10 s)
+        table = fraudpipe(*args, env={"COLUMNS": "220"}, check=True).stdout
+        assert "handbook protocol, 4 folds" in table and "tuned XGBoost" in table
+        ap = summary["average_precision"]
+        assert f"{ap['mean']:.3f} ± {ap['std']:.3f}" in table
+        assert "ceilings (simulator truth)" in table
