@@ -806,19 +806,16 @@ def _metric(metrics: dict[str, Any] | None, key: str) -> str:
     return "unknown" if value is None else f"{value:.4f}"
 
 
-def _short(version: str | None) -> str:
-    """The short id the dashboard shows (the version's random suffix)."""
-    return "" if version is None else version.rpartition("-")[2]
-
-
 def _compared(manifest: dict[str, Any]) -> str:
     """The champion's average precision on this version's holdout: what promotion compared."""
+    from fraudpipe.registry import short_id
+
     champion = manifest.get("champion") or {}
     if not champion.get("version"):
         return "none"
     if not champion.get("metrics"):
-        return f"{_short(champion['version'])} not compared"
-    return f"{_short(champion['version'])} {_metric(champion['metrics'], 'average_precision')}"
+        return f"{short_id(champion['version'])} not compared"
+    return f"{short_id(champion['version'])} {_metric(champion['metrics'], 'average_precision')}"
 
 
 def _resolve(reg: Any, ref: str) -> str:
@@ -845,6 +842,8 @@ def model_ls(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     the champion of the time on that same holdout, the comparison the decision used (two
     rows' own figures come from different weeks and do not compare).
     """
+    from fraudpipe.registry import short_id
+
     reg = _registry(config, data_dir)
     current, shadow = reg.current(), reg.shadow()
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -861,7 +860,7 @@ def model_ls(data_dir: DataDir = None, config: ConfigFile = None) -> None:
             _compared(m),
             str(m.get("decision", "")),
         )
-        reasons.append(f"{_short(v)}: {m.get('reason', 'no reason recorded')}")
+        reasons.append(f"{short_id(v)}: {m.get('reason', 'no reason recorded')}")
     console.print(table)
     if current is None:
         console.print("no model promoted yet")

@@ -492,30 +492,6 @@ def evaluate_window(
     return Evaluation(window, metrics, info)
 
 
-def evaluate_protocol(
-    data: pl.DataFrame,
-    window: Window,
-    features: FeatureSettings,
-    train: TrainSettings,
-    *,
-    tune_trials: int | None = None,
-    step: Step | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    on_trial: Callable[[list[Trial], int], None] | None = None,
-) -> Evaluation:
-    """Run the protocol on data (the simulator's columns, as replay.load returns them)."""
-    prep = prepare(data, [window], features, step)
-    return evaluate_window(
-        prep,
-        window,
-        train,
-        tune_trials=tune_trials,
-        step=step,
-        progress=progress,
-        on_trial=on_trial,
-    )
-
-
 @dataclass(frozen=True)
 class Folds:
     """The protocol over successive windows, and each figure's mean and spread over them."""

@@ -73,6 +73,11 @@ def _stamp(now: dt.datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%S.%fZ")
 
 
+def short_id(version: str) -> str:
+    """A version's random suffix, the short id the dashboard shows ("97cdbf")."""
+    return version.rpartition("-")[2]
+
+
 def new_name() -> str:
     """A unique, time-ordered name: UTC timestamp + random suffix."""
     return f"{_stamp(dt.datetime.now(dt.UTC))}-{secrets.token_hex(3)}"
@@ -144,11 +149,7 @@ class ModelRegistry:
         versions = self.versions()
         if ref in versions:
             return ref
-        found = [
-            v
-            for v in versions
-            if ref and (v.startswith(ref) or v.rpartition("-")[2].startswith(ref))
-        ]
+        found = [v for v in versions if ref and (v.startswith(ref) or short_id(v).startswith(ref))]
         if len(found) == 1:
             return found[0]
         if found:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from fraudpipe.dashboard import payload as p
 from fraudpipe.dashboard.cluster import ClusterView
 from fraudpipe.dashboard.drift import read_drift
 from fraudpipe.dashboard.quality import SCHEMA as LABELED
-from fraudpipe.dashboard.quality import Figures, LiveQuality
+from fraudpipe.dashboard.quality import LiveQuality
 from fraudpipe.layout import FEATURES, RAW, TOPICS, Layout
 from fraudpipe.queue import SUFFIX, Topic
 from fraudpipe.registry import ModelRegistry, RegistryError
@@ -170,9 +170,9 @@ class Collector:
         """Join arrived labels with scored rows (either may come first) into outcomes."""
         if scored is not None:
             kept = self._unlabeled.columns
-            absent = {"shadow_score": pl.Float64, "shadow_version": pl.String}
+            absent = [c for c in ("shadow_score", "shadow_version") if c not in scored.columns]
             scored = scored.with_columns(
-                pl.lit(None, dtype=t).alias(c) for c, t in absent.items() if c not in scored.columns
+                pl.lit(None, dtype=LABELED[c]).alias(c) for c in absent
             ).with_columns(t=pl.lit(now))
             self._unlabeled = pl.concat(
                 [self._unlabeled, scored.select(kept).cast(self._unlabeled.schema)]
@@ -531,7 +531,7 @@ class Collector:
             mine, theirs = self.quality.shadow(version, model.version)
             shadow = p.ShadowQuality(
                 version=version,
-                **_figures(mine),
+                **asdict(mine),
                 champion_roc_auc=theirs.roc_auc,
                 champion_average_precision=theirs.average_precision,
             )
@@ -541,7 +541,7 @@ class Collector:
             margin=d.live_quality_margin,
             champion=p.ChampionQuality(
                 version=model.version,
-                **_figures(champion),
+                **asdict(champion),
                 holdout_roc_auc=model.metrics.get("roc_auc"),
                 holdout_average_precision=model.metrics.get("average_precision"),
             ),
@@ -665,16 +665,6 @@ class Collector:
         )
         while self.history and self.history[0].at < snap.at - self.settings.dashboard.history_s:
             self.history.popleft()
-
-
-def _figures(f: Figures) -> dict[str, Any]:
-    return {
-        "rows": f.rows,
-        "frauds": f.frauds,
-        "roc_auc": f.roc_auc,
-        "average_precision": f.average_precision,
-        "why": f.why,
-    }
 
 
 def _mtime(path: Path) -> float:

@@ -60,20 +60,16 @@ def read_drift(
     doc = max(docs, key=lambda d: float(d.get("at") or 0.0))
     limit = doc.get("psi_max", limit)  # the limit the train worker applied
     if doc.get("why"):
-        return DriftView(None, None, limit, None, str(doc["why"]))
+        return unmeasured(str(doc["why"]))
     if doc.get("reference_version") != version:
-        return DriftView(
-            None,
-            None,
-            limit,
-            None,
+        return unmeasured(
             f"drift was last measured against {doc.get('reference_version')}, not the current "
-            f"{version}; the train worker measures again shortly",
+            f"{version}; the train worker measures again shortly"
         )
     named = ((SCORE, doc.get("score_psi")), (doc.get("feature"), doc.get("max_feature_psi")))
     found = [(float(v), str(name)) for name, v in named if name is not None and v is not None]
     if not found:
-        return DriftView(None, None, limit, None, "the train worker reported no PSI")
+        return unmeasured("the train worker reported no PSI")
     psi, worst = max(found)
     warming, why = _warm_up(settings, layout, (doc.get("reference") or {}).get("first_ts"))
     if warming:
