@@ -59,7 +59,7 @@ pgrep -f "$KUBE_BIN/" >/dev/null && left+=("kubernetes processes: $(pgrep -af "$
 ip link show "$BRIDGE" >/dev/null 2>&1 && left+=("bridge $BRIDGE")
 [ -n "$(ip -o link show master "$BRIDGE" 2>/dev/null)" ] && left+=("veths on $BRIDGE")
 iptables -t nat -S FRAUDPIPE-E2E >/dev/null 2>&1 && left+=("iptables chain FRAUDPIPE-E2E")
-findmnt -rn -o TARGET | grep -qF "$RUN/" && left+=("mounts under $RUN")
+grep -qF "$RUN/" <<<"$(findmnt -rn -o TARGET)" && left+=("mounts under $RUN")  # no pipe: see cluster-up
 if [ "${#left[@]}" -gt 0 ]; then
   printf '%s\n' "${left[@]}" | sed 's/^/  left: /' >&2
   die "cluster-down could not remove everything (kept $RUN for inspection)"

@@ -151,8 +151,11 @@ wait_for containerd 30 ctr version
 for image in pause fraudpipe; do
   ctr images import "$RUN/images/$image.tar" >/dev/null
 done
-ctr images ls -q | grep -q '^localhost/fraudpipe:e2e$' || die "image import: $(ctr images ls -q | tr '\n' ' ')"
-log "imported $(ctr images ls -q | tr '\n' ' ')"
+# The list is read whole before it is searched: `ctr ... | grep -q` under pipefail fails when grep
+# exits on its match before ctr has written its last line (SIGPIPE; it failed a CI run so).
+images=$(ctr images ls -q | tr '\n' ' ')
+[[ " $images " == *" localhost/fraudpipe:e2e "* ]] || die "image import: $images"
+log "imported $images"
 
 cat >"$RUN/kubelet.yaml" <<KUBELET
 apiVersion: kubelet.config.k8s.io/v1beta1
