@@ -3,7 +3,9 @@
 The chart's `config` value is the worker's configuration (same names, same limits), so its
 schema is generated from `fraudpipe.config.Settings`, minus what the chart owns (`data_dir` is
 persistence.mountPath, `metrics` is metrics.port, `dashboard` is dashboard.port, its token
-Secret and dashboard.allowedHosts, whose items get the model's own pattern). `python
+Secret and dashboard.allowedHosts, whose items get the model's own pattern), and one rule across
+the two: a train stage on the GPU needs `config.train.max_bin` within what LightGBM's GPU learner
+holds (model.GPU_MAX_BIN), as the worker itself refuses. `python
 scripts/chart_schema.py` rewrites the file; `--check` exits 1 when it is out of date (the chart
 tests run the same comparison).
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fraudpipe.config import DashboardSettings, Settings
+from fraudpipe.model import GPU_MAX_BIN
 
 SCHEMA = Path(__file__).resolve().parent.parent / "chart" / "values.schema.json"
 CHART_OWNED = ("data_dir", "metrics", "dashboard")
@@ -50,6 +53,29 @@ def config_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     return generated, {d: definitions[d] for d in sorted(used)}
 
 
+def train_on_gpu_rule() -> dict[str, Any]:
+    """If stages.train.device is gpu, then config.train.max_bin must be set, <= GPU_MAX_BIN."""
+
+    def path(keys: list[str], leaf: dict[str, Any]) -> dict[str, Any]:
+        node = leaf
+        for key in reversed(keys):
+            node = {"properties": {key: node}, "required": [key]}
+        return node
+
+    return {
+        "if": path(["stages", "train", "device"], {"const": "gpu"}),
+        "then": path(
+            ["config", "train", "max_bin"],
+            {
+                "maximum": GPU_MAX_BIN,
+                "description": f"LightGBM's GPU learner holds at most {GPU_MAX_BIN} bins a "
+                "feature (the default train.max_bin is more): set "
+                f"config.train.max_bin={GPU_MAX_BIN} to train on the GPU",
+            },
+        ),
+    }
+
+
 def synced(schema: dict[str, Any]) -> dict[str, Any]:
     config, definitions = config_schema()
     out = dict(schema)
@@ -59,6 +85,7 @@ def synced(schema: dict[str, Any]) -> dict[str, Any]:
     out["properties"] = {**schema["properties"], "config": config, "dashboard": dashboard}
     kept = {k: v for k, v in schema.get("definitions", {}).items() if not k.endswith("Settings")}
     out["definitions"] = {**kept, **definitions}
+    out["allOf"] = [train_on_gpu_rule()]
     return out
 
 

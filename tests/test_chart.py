@@ -928,6 +928,24 @@ def test_bad_values_fail_with_a_message_naming_them(set_expr: str, expected: str
     assert expected in str(err.value)
 
 
+def test_a_train_stage_on_the_gpu_needs_the_bins_its_learner_holds() -> None:
+    """LightGBM's GPU learner holds 255 bins a feature, fewer than train.max_bin's default: the
+    schema refuses the GPU train stage without it (the worker would exit 2 naming the field)."""
+    gpu = "stages.train.device=gpu"
+    for sets, expected in (
+        ((gpu,), "at '/config': missing property 'train'"),
+        (
+            (gpu, "config.train.max_bin=4095"),
+            "at '/config/train/max_bin': maximum: got 4,095, want 255",
+        ),
+    ):
+        with pytest.raises(helm_python.HelmValuesError) as err:
+            render(values_from((), sets))
+        assert expected in str(err.value)
+    train = render(values_from((), (gpu, "config.train.max_bin=255"))).deployments()["train"]
+    assert "--device=gpu" in train["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
 @pytest.mark.parametrize(
     "entry",
     [

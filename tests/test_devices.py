@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from fraudpipe.config import load_settings
 from fraudpipe.devices import CPU, Device, DeviceUnavailable, device, gpu_problems, to_numpy
-from fraudpipe.model import train_booster
+from fraudpipe.model import GPU_MAX_BIN, train_booster
 from fraudpipe.scoring import MODEL_FILE, open_scorer
 from tests.test_forest import ulps
 from tests.test_scoring import rows
@@ -55,7 +57,8 @@ def test_a_model_trained_on_the_gpu_learner_scores_as_any_model(tmp_path: Path) 
     scorer follows it (the walk on cupy: test_gpu.py), and it is the CPU learner's model but
     for ties in gain (float64 histograms)."""
     X, y = rows(20_000, seed=10)
-    cfg = load_settings(None, {"train": {"num_boost_round": 40, "threads": 2}}).train
+    train = {"num_boost_round": 40, "threads": 2, "max_bin": GPU_MAX_BIN}
+    cfg = load_settings(None, {"train": train}).train
     names = [f"f{i}" for i in range(X.shape[1])]
     on_gpu = train_booster(X, y, cfg, names, device=Device("gpu"))
     on_cpu = train_booster(X, y, cfg, names, device=CPU)
@@ -66,3 +69,40 @@ def test_a_model_trained_on_the_gpu_learner_scores_as_any_model(tmp_path: Path) 
     for kind in ("arrays", "compiled"):
         assert ulps(open_scorer(kind, tmp_path, {}).score(Z), expected) <= 1, kind
     assert np.abs(expected - on_cpu.predict(Z.astype(np.float64))).max() < 1e-3
+
+
+def test_the_gpu_learner_refuses_more_bins_than_it_holds(tmp_path: Path) -> None:
+    """train.max_bin's default (4095) is more than LightGBM's OpenCL learner holds: training
+    says so, naming the field, before LightGBM fails; 255 trains (the test above)."""
+    X, y = rows(1_000, seed=12)
+    cfg = load_settings(None, {"train": {"num_boost_round": 2}}).train
+    names = [f"f{i}" for i in range(X.shape[1])]
+    with pytest.raises(ValueError, match=r"train\.max_bin is 4095.*set train\.max_bin: 255"):
+        train_booster(X, y, cfg, names, device=Device("gpu"))
+    assert "[max_bin: 4095]" in train_booster(X, y, cfg, names, device=CPU).model_to_string()
+
+
+@pytest.mark.skipif(bool(_OPENCL), reason="needs an OpenCL device: " + "; ".join(_OPENCL))
+def test_the_train_stage_with_too_many_bins_for_the_gpu_exits_2_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fraudpipe",
+            "worker",
+            "--stage",
+            "train",
+            "--device",
+            "gpu",
+            "--once",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "train.max_bin is 4095" in done.stderr

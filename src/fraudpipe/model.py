@@ -33,6 +33,21 @@ class TrainingStopped(Exception):
         self.iteration = iteration
 
 
+GPU_MAX_BIN = 255  # LightGBM's OpenCL learner: "bin size 256+ cannot run on GPU"
+
+
+def device_problem(cfg: TrainSettings, device: Device) -> str | None:
+    """Why cfg cannot train on device (None: it can): the GPU learner's histograms hold at most
+    GPU_MAX_BIN bins a feature."""
+    if device.kind == "gpu" and cfg.max_bin > GPU_MAX_BIN:
+        return (
+            f"train.max_bin is {cfg.max_bin}, but LightGBM's GPU learner holds at most "
+            f"{GPU_MAX_BIN} bins a feature: set train.max_bin: {GPU_MAX_BIN} to train on the GPU "
+            "(a lower average precision: README, Model quality), or train with --device=cpu"
+        )
+    return None
+
+
 def booster_params(cfg: TrainSettings, tuned: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """LightGBM parameters for a TrainSettings: binary, seeded, deterministic per thread count.
 
@@ -47,6 +62,7 @@ def booster_params(cfg: TrainSettings, tuned: Mapping[str, Any] | None = None) -
         "learning_rate": cfg.learning_rate,
         "num_leaves": cfg.num_leaves,
         "min_data_in_leaf": cfg.min_data_in_leaf,
+        "max_bin": cfg.max_bin,
         "num_threads": cfg.threads,
         "bagging_freq": 1,
         "bagging_fraction": 0.8,
@@ -114,6 +130,9 @@ def train_booster(
             f"X is {X.shape}, y has {len(y)} rows, feature_names has {len(feature_names)}: "
             "expected X of shape (len(y), len(feature_names))"
         )
+    problem = device_problem(cfg, device)
+    if problem is not None:
+        raise ValueError(problem)
     params = {**booster_params(cfg, tuned), **device.lightgbm_params()}
     train_set = lgb.Dataset(X, label=y, feature_name=feature_names, params={"verbose": -1})
 

@@ -22,7 +22,9 @@ from typing import Any
 from fraudpipe.control import TRAIN_NOW
 from fraudpipe.drift import DriftMonitor, Report
 from fraudpipe.features import feature_names
+from fraudpipe.model import device_problem
 from fraudpipe.registry import ModelRegistry
+from fraudpipe.stages import StageError
 from fraudpipe.training import run_training
 from fraudpipe.worker import Context, Mode, Outcome, Stage
 
@@ -34,6 +36,9 @@ class Train(Stage):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
+        problem = device_problem(ctx.settings.train, ctx.device)
+        if problem is not None:
+            raise StageError(problem)
         self.trigger = ctx.layout.control / TRAIN_NOW
         self.features = feature_names(ctx.settings.features)
         # The first attempt is due at once; later ones follow the schedule.
