@@ -184,6 +184,23 @@ def test_window_defaults_to_the_handbook_then_to_the_latest_that_fits() -> None:
         choose_window(first, last, train_start=D(2018, 9, 20))
 
 
+def test_the_model_fits_on_fit_days_to_the_training_weeks_end() -> None:
+    first, last = D(2018, 4, 1), D(2018, 9, 30)
+    two_weeks = choose_window(first, last, fit_days=14)
+    assert two_weeks == Window(D(2018, 7, 25), fit_days=14)  # the protocol's weeks unchanged
+    assert two_weeks.as_dict()["fit"] == ["2018-07-18", "2018-07-31"]
+    assert two_weeks.as_dict()["fit_days"] == 14 and two_weeks.test_start == D(2018, 8, 8)
+    assert Window(D(2018, 7, 25)).as_dict()["fit"] == ["2018-07-25", "2018-07-31"]
+    assert Window(D(2018, 7, 25), fit_days=3).fit_start == D(2018, 7, 29)  # the week's last 3
+    assert fold_windows(two_weeks, 2)[1].as_dict()["fit"] == ["2018-07-25", "2018-08-07"]
+    # data from 07-20: the handbook's week fits, its fit days do not: the latest start that does
+    assert choose_window(D(2018, 7, 20), last, fit_days=14).train_start == D(2018, 9, 10)
+    with pytest.raises(EvaluationError, match=r"needs 28 days \(7 more fit days, then 7 train"):
+        choose_window(D(2018, 7, 20), last, train_start=D(2018, 7, 25), fit_days=14)
+    with pytest.raises(EvaluationError, match="fit days must be at least 1"):
+        choose_window(first, last, fit_days=0)
+
+
 # -- the commands, end to end ---------------------------------------------------------------------
 
 
@@ -243,6 +260,14 @@ def test_evaluate_end_to_end_in_handbook_columns(
     out = json.loads(proc.stdout)
     assert out["window"]["train"] == ["2018-05-01", "2018-05-07"]
     assert out["window"]["test"] == ["2018-05-15", "2018-05-21"]
+    # the model fits on train.train_days (14) to the week's end, as the train stage does; the
+    # handbook's week alone with --fit-days 7: the same test rows either way
+    assert out["window"]["fit"] == ["2018-04-24", "2018-05-07"]
+    week = fraudpipe(*args, "--train-start", "2018-05-01", "--fit-days", "7", "--json", check=True)
+    week_only = json.loads(week.stdout)
+    assert week_only["window"]["fit"] == week_only["window"]["train"]
+    assert week_only["test"] == out["test"]
+    assert 1.5 < out["train"]["n"] / week_only["train"]["n"] < 2.5
     m = out["metrics"]
     assert 0.5 < m["roc_auc"] <= 1 and 0 < m["average_precision"] <= 1
     assert 0 < m["card_precision_at_100"] <= 1 and len(m["card_precision_at_100_per_day"]) == 7
@@ -258,6 +283,7 @@ def test_evaluate_end_to_end_in_handbook_columns(
     # default window: the latest that fits
     table = fraudpipe(*args, env={"COLUMNS": "200"}, check=True)
     assert "train 2018-05-10..2018-05-16" in table.stdout
+    assert "fraudpipe fitted on 2018-05-03..2018-05-16" in " ".join(table.stdout.split())
     assert "test 2018-05-24..2018-05-30" in table.stdout
     for name in ("fraudpipe (LightGBM", "logistic regression", "0.871", "tuned XGBoost", "0.303"):
         assert name in table.stdout

@@ -538,7 +538,19 @@ def evaluate_file(
             "else the latest start that fits).",
         ),
     ] = None,
-    train_days: Annotated[int, typer.Option(min=1)] = 7,
+    train_days: Annotated[
+        int,
+        typer.Option(min=1, help="The training week: it decides which cards the test leaves out."),
+    ] = 7,
+    fit_days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Days the model fits on, up to the training week's end (default: the config's "
+            "train.train_days, 14, as the train stage fits; the handbook's models fit on the "
+            "training week, 7). The test days stay the protocol's.",
+        ),
+    ] = None,
     gap_days: Annotated[
         int, typer.Option(min=0, help="Days between train and test; labels arrive this late.")
     ] = 7,
@@ -578,6 +590,7 @@ def evaluate_file(
             gap_days=gap_days,
             test_days=test_days,
             folds=folds,
+            fit_days=settings.train.train_days if fit_days is None else fit_days,
         )
         with Progress(
             TextColumn("{task.description}"),

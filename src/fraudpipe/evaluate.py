@@ -6,7 +6,11 @@ Le Borgne et al., "Reproducible Machine Learning for Credit Card Fraud Detection
   streaming uses), with labels arriving ``gap_days`` after their transaction;
 - train on ``train_days`` days from ``train_start`` (the handbook: 2018-07-25..07-31), then a
   ``gap_days`` gap (the label delay: the last training labels arrive as the test starts), then
-  ``test_days`` test days (the handbook: 2018-08-08..08-14);
+  ``test_days`` test days (the handbook: 2018-08-08..08-14). The model fits on the last
+  ``fit_days`` days up to the training week's end: the training week alone by default, as the
+  handbook's models; ``fraudpipe evaluate`` passes the train stage's ``train.train_days`` (14),
+  as the pipeline fits. The training week alone decides the test set (below), so a longer fit
+  is measured on the same test rows as the handbook's models;
 - known compromised cards leave the test set. The handbook's ``get_train_test_set`` starts
   from the customers with a fraud in the training week and, before each test day T, adds those
   with a fraud on day T - gap - 1: the frauds whose label arrived before T (a label arrives
@@ -86,12 +90,26 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class Window:
-    """Train, gap and test days: [train_start, +train_days) gap [test_start, +test_days)."""
+    """Train, gap and test days: [train_start, +train_days) gap [test_start, +test_days); the
+    model fits on [fit_start, train end), the last fit_days days (None: train_days) up to the
+    training week's end."""
 
     train_start: dt.date
     train_days: int = 7
     gap_days: int = 7
     test_days: int = 7
+    fit_days: int | None = None
+
+    @property
+    def train_end(self) -> dt.date:
+        """The day after the last training day."""
+        return self.train_start + dt.timedelta(days=self.train_days)
+
+    @property
+    def fit_start(self) -> dt.date:
+        return self.train_end - dt.timedelta(
+            days=self.train_days if self.fit_days is None else self.fit_days
+        )
 
     @property
     def test_start(self) -> dt.date:
@@ -105,12 +123,11 @@ class Window:
     def as_dict(self) -> dict[str, Any]:
         last = dt.timedelta(days=1)
         return {
-            "train": [
-                self.train_start.isoformat(),
-                (self.train_start + dt.timedelta(days=self.train_days) - last).isoformat(),
-            ],
+            "train": [self.train_start.isoformat(), (self.train_end - last).isoformat()],
+            "fit": [self.fit_start.isoformat(), (self.train_end - last).isoformat()],
             "test": [self.test_start.isoformat(), (self.end - last).isoformat()],
             "train_days": self.train_days,
+            "fit_days": (self.train_end - self.fit_start).days,
             "gap_days": self.gap_days,
             "test_days": self.test_days,
         }
@@ -124,35 +141,43 @@ def choose_window(
     gap_days: int = 7,
     test_days: int = 7,
     folds: int = 1,
+    fit_days: int | None = None,
 ) -> Window:
     """The protocol's (first) window on data covering first_day..last_day (whole days).
 
     Without train_start: the handbook's 2018-07-25 when the data covers its window (each of
-    the ``folds`` windows, see :func:`fold_windows`), else the latest start that still fits
-    (the last test ends on the data's last day).
+    the ``folds`` windows, see :func:`fold_windows`, and the fit days before the first
+    training week), else the latest start that still fits (the last test ends on the data's
+    last day).
     """
     for name, value, least in (
         ("train days", train_days, 1),
         ("gap days", gap_days, 0),
         ("test days", test_days, 1),
         ("folds", folds, 1),
+        ("fit days", train_days if fit_days is None else fit_days, 1),
     ):
         if value < least:
             raise EvaluationError(f"{name} must be at least {least}, got {value}")
     span = dt.timedelta(days=train_days + gap_days + test_days + (folds - 1) * test_days)
+    before = dt.timedelta(days=max((fit_days or train_days) - train_days, 0))  # fit days first
     after_last = last_day + dt.timedelta(days=1)
     if train_start is None:
-        fits = first_day <= HANDBOOK_TRAIN_START and HANDBOOK_TRAIN_START + span <= after_last
+        fits = (
+            first_day <= HANDBOOK_TRAIN_START - before and HANDBOOK_TRAIN_START + span <= after_last
+        )
         train_start = HANDBOOK_TRAIN_START if fits else after_last - span
-    window = Window(train_start, train_days, gap_days, test_days)
-    if train_start < first_day or train_start + span > after_last:
+    window = Window(train_start, train_days, gap_days, test_days, fit_days)
+    if train_start - before < first_day or train_start + span > after_last:
         parts = f"{train_days} train + {gap_days} gap + {test_days} test"
         if folds > 1:
             parts = f"{folds} folds of {parts}, each {test_days} days after the one before"
+        if before:
+            parts = f"{before.days} more fit days, then {parts}"
         raise EvaluationError(
-            f"too few days for the protocol: it needs {span.days} days ({parts}) from "
-            f"{train_start} to {train_start + span - dt.timedelta(days=1)}, but the data covers "
-            f"{first_day} to {last_day} ({(last_day - first_day).days + 1} days)"
+            f"too few days for the protocol: it needs {(span + before).days} days ({parts}) "
+            f"from {train_start - before} to {train_start + span - dt.timedelta(days=1)}, but "
+            f"the data covers {first_day} to {last_day} ({(last_day - first_day).days + 1} days)"
         )
     return window
 
@@ -162,7 +187,13 @@ def fold_windows(first: Window, folds: int) -> list[Window]:
     before (its train days start where the previous fold's started, plus test_days)."""
     step = dt.timedelta(days=first.test_days)
     return [
-        Window(first.train_start + i * step, first.train_days, first.gap_days, first.test_days)
+        Window(
+            first.train_start + i * step,
+            first.train_days,
+            first.gap_days,
+            first.test_days,
+            first.fit_days,
+        )
         for i in range(folds)
     ]
 
@@ -369,8 +400,8 @@ class Prepared:
 def prepare(
     data: pl.DataFrame, windows: list[Window], features: FeatureSettings, step: Step | None = None
 ) -> Prepared:
-    """Features of every row from the first window's training days to the last one's test
-    end (the history before them included), as the streaming code path computes them."""
+    """Features of every row from the first window's fit days to the last one's test end (the
+    history before them included), as the streaming code path computes them."""
     say = step if step is not None else (lambda _: None)
     if data["is_fraud"].null_count():
         raise EvaluationError(
@@ -378,7 +409,7 @@ def prepare(
             "the protocol needs every transaction labeled"
         )
     names = feature_names(features)
-    lo_us = _day_number(min(w.train_start for w in windows)) * DAY_US
+    lo_us = _day_number(min(w.fit_start for w in windows)) * DAY_US
     hi_us = _day_number(max(w.end for w in windows)) * DAY_US
     ts_us = pl.col("ts").dt.epoch("us")
     data_rows = data.select(((ts_us >= lo_us) & (ts_us < hi_us)).alias("w"))["w"].to_numpy()
@@ -421,14 +452,14 @@ def evaluate_window(
     progress: Callable[[int, int], None] | None = None,
     on_trial: Callable[[list[Trial], int], None] | None = None,
 ) -> Evaluation:
-    """Train on the window's training days of prep, test on its test days.
+    """Fit on the window's fit days of prep, test on its test days.
 
     tune_trials, progress and on_trial go to model.train_with_validation.
     """
     say = step if step is not None else (lambda _: None)
     day, X, y = prep.day, prep.X, prep.y
-    train_lo = _day_number(window.train_start)
-    train_end = train_lo + window.train_days
+    train_lo = _day_number(window.fit_start)
+    train_end = _day_number(window.train_end)
     test_lo, test_hi = _day_number(window.test_start), _day_number(window.end)
     is_train = (day >= train_lo) & (day < train_end)
     in_test = (day >= test_lo) & (day < test_hi)
@@ -437,11 +468,11 @@ def evaluate_window(
     n_fraud = int(y[is_train].sum())
     if n_fraud == 0 or n_fraud == int(is_train.sum()):
         raise EvaluationError(
-            f"the training days ({window.as_dict()['train'][0]}..{window.as_dict()['train'][1]}) "
+            f"the fit days ({window.as_dict()['fit'][0]}..{window.as_dict()['fit'][1]}) "
             f"hold {int(is_train.sum())} transactions, {n_fraud} of them fraud: a model needs "
             "both classes"
         )
-    say(f"training on {int(is_train.sum()):,} rows from {window.train_start}")
+    say(f"training on {int(is_train.sum()):,} rows from {window.fit_start}")
     started = time.perf_counter()
     try:
         booster, fit_info = train_with_validation(
@@ -584,7 +615,7 @@ def table(ev: Evaluation) -> Table:
         "average precision",
         "card precision@100",
         title=f"handbook protocol: train {w['train'][0]}..{w['train'][1]}, "
-        f"test {w['test'][0]}..{w['test'][1]}",
+        f"test {w['test'][0]}..{w['test'][1]}; fraudpipe fitted on {w['fit'][0]}..{w['fit'][1]}",
         caption=f"test: {ev.info['test']['n']:,} transactions, {ev.info['test']['n_fraud']} "
         f"frauds ({ev.info['test']['removed_known_compromised']:,} of known compromised cards "
         f"removed); train: {ev.info['train']['n']:,} transactions, "
@@ -627,7 +658,8 @@ def folds_table(result: Folds) -> Table:
         "ceiling AP",
         title=f"handbook protocol, {len(result.folds)} folds: train from {first['train'][0]} "
         f"to {last['train'][0]}, each fold's test {first['test_days']} days after its "
-        f"{first['train_days']} train and {first['gap_days']} gap days",
+        f"{first['train_days']} train and {first['gap_days']} gap days; fraudpipe fitted on "
+        f"the {first['fit_days']} days to each training week's end",
         caption=_folds_caption(result),
     )
     for f in result.folds:
