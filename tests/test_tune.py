@@ -191,7 +191,8 @@ def test_train_tune_records_every_trial_in_the_manifest(work: Path) -> None:
 
 
 def test_evaluate_tune_reports_the_search(work: Path) -> None:
-    args = ("evaluate", "--input", str(work / "tx.parquet"), "--train-start", "2018-04-05")
+    week = ("--train-start", "2018-04-05", "--fit-days", "7")  # 30 days: no room for 14 fit days
+    args = ("evaluate", "--input", str(work / "tx.parquet"), *week)
     out = json.loads(cli(work, *args, "--tune", "--tune-trials", "3", "--json"))
     tuning = out["train"]["tuning"]
     assert len(tuning["trials"]) == 3
@@ -217,7 +218,7 @@ NO_SPLIT = {"FRAUDPIPE_TRAIN__VALID_DAYS": "0"}
 def test_bad_tune_input_exits_2_naming_it(
     work: Path, tmp_path: Path, args: tuple[str, ...], env: dict[str, str], message: str
 ) -> None:
-    source = ["--input", str(work / "tx.parquet"), "--train-start", "2018-04-05"]
+    source = ["--input", str(work / "tx.parquet"), "--train-start", "2018-04-05", "--fit-days", "7"]
     if args[0] == "train":
         source = ["--features", str(work / "f.parquet"), *WINDOW, "--output", str(tmp_path / "m")]
     proc = fraudpipe(args[0], *source, *args[1:], "--config", str(work / "cfg.yaml"), env=env)
