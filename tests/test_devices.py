@@ -71,7 +71,7 @@ def test_a_model_trained_on_the_gpu_learner_scores_as_any_model(tmp_path: Path) 
     assert np.abs(expected - on_cpu.predict(Z.astype(np.float64))).max() < 1e-3
 
 
-def test_the_gpu_learner_refuses_more_bins_than_it_holds(tmp_path: Path) -> None:
+def test_the_gpu_learner_refuses_more_bins_than_it_holds() -> None:
     """train.max_bin's default (4095) is more than LightGBM's OpenCL learner holds: training
     says so, naming the field, before LightGBM fails; 255 trains (the test above)."""
     X, y = rows(1_000, seed=12)

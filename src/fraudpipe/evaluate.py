@@ -47,7 +47,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,17 +150,18 @@ def choose_window(
     training week), else the latest start that still fits (the last test ends on the data's
     last day).
     """
+    fit = train_days if fit_days is None else fit_days
     for name, value, least in (
         ("train days", train_days, 1),
         ("gap days", gap_days, 0),
         ("test days", test_days, 1),
         ("folds", folds, 1),
-        ("fit days", train_days if fit_days is None else fit_days, 1),
+        ("fit days", fit, 1),
     ):
         if value < least:
             raise EvaluationError(f"{name} must be at least {least}, got {value}")
     span = dt.timedelta(days=train_days + gap_days + test_days + (folds - 1) * test_days)
-    before = dt.timedelta(days=max((fit_days or train_days) - train_days, 0))  # fit days first
+    before = dt.timedelta(days=max(fit - train_days, 0))  # fit days before the training week
     after_last = last_day + dt.timedelta(days=1)
     if train_start is None:
         fits = (
@@ -186,16 +187,7 @@ def fold_windows(first: Window, folds: int) -> list[Window]:
     """The handbook's prequential folds: ``folds`` windows, each one test length after the one
     before (its train days start where the previous fold's started, plus test_days)."""
     step = dt.timedelta(days=first.test_days)
-    return [
-        Window(
-            first.train_start + i * step,
-            first.train_days,
-            first.gap_days,
-            first.test_days,
-            first.fit_days,
-        )
-        for i in range(folds)
-    ]
+    return [replace(first, train_start=first.train_start + i * step) for i in range(folds)]
 
 
 def _day_numbers(ts: pl.Series) -> npt.NDArray[np.int64]:
